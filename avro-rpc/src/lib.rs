@@ -1,0 +1,1 @@
+//! Avro IPC over Netty framing. Work in progress.

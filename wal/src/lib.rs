@@ -1,0 +1,1 @@
+//! The `file` channel (write-ahead log). Work in progress.
