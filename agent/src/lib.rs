@@ -1,0 +1,10 @@
+//! The `weir` agent: command line, TOML config and its validation, and the topology that wires
+//! sources, channels and sinks together, supervises them and shuts them down in order.
+
+pub mod components;
+pub mod config;
+pub mod logging;
+pub mod topology;
+
+/// The embedded default config (`conf/weir.toml`), used by `weir run` without `--config`.
+pub const DEFAULT_CONFIG: &str = include_str!("../../conf/weir.toml");

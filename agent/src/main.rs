@@ -1,0 +1,105 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use weir::config::{self, Config, ConfigErrors};
+use weir::logging::{self, LogFormat};
+use weir::topology::Topology;
+use weir_core::metrics::Registry;
+
+/// weir: an event-collection agent that speaks Apache Flume's wire protocols.
+#[derive(Parser)]
+#[command(name = "weir", version, about)]
+struct Cli {
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log level or filter (`info`, `debug`, `weir_sources=debug`); RUST_LOG wins when set.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent until SIGTERM or SIGINT.
+    Run {
+        /// Config file; without it the embedded default (conf/weir.toml) runs.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check a config file and print every problem with its key path; exit 1 if any.
+    Validate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { config } => match config::load_file(&config) {
+            Ok(c) => {
+                println!("{}: ok ({})", config.display(), c.summary());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => report(&errors),
+        },
+        Command::Run { config } => {
+            let loaded = match &config {
+                Some(path) => config::load_file(path),
+                None => config::parse(weir::DEFAULT_CONFIG, "<embedded default conf/weir.toml>"),
+            };
+            let loaded = match loaded {
+                Ok(c) => c,
+                Err(errors) => return report(&errors),
+            };
+            if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+            match run(loaded) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(message = "agent failed", error = %format!("{e:#}"));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn report(errors: &ConfigErrors) -> ExitCode {
+    for line in errors.to_string().lines() {
+        eprintln!("error: {line}");
+    }
+    eprintln!("{} problem(s) in {}", errors.errors.len(), errors.origin);
+    ExitCode::FAILURE
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let topology = Topology::build(config, Registry::default()).await?;
+        topology.run(stop_signal()).await
+    })
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(message = "cannot listen for SIGTERM", error = %e);
+            return std::future::pending().await;
+        }
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    };
+    tracing::info!(message = "signal received", signal = name);
+}

@@ -1,0 +1,5 @@
+//! weir's sources. Each turns outside input into [`weir_core::Event`]s and puts them into its
+//! channels through a [`weir_core::ChannelProcessor`], answering its client only after the put
+//! succeeded.
+
+pub mod tcp;
