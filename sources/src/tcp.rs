@@ -392,6 +392,61 @@ mod tests {
         assert!(buf.is_empty());
     }
 
+    #[tokio::test]
+    async fn a_full_channel_is_answered_with_failed_per_line() {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        use weir_core::metrics::{ComponentMetrics, Registry};
+        use weir_core::{Channel, MemoryChannel, MemoryChannelConfig, SelectorConfig};
+
+        let channel = Arc::new(MemoryChannel::new(
+            "c",
+            MemoryChannelConfig {
+                max_events: 2,
+                ..Default::default()
+            },
+        ));
+        let output = Arc::new(
+            ChannelProcessor::new(vec![channel.clone()], &SelectorConfig::default()).unwrap(),
+        );
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        let mut config = TcpSourceConfig::from_address(addr);
+        config.ack = true;
+        let shutdown = CancellationToken::new();
+        let cx = SourceContext {
+            id: "t".into(),
+            output,
+            shutdown: shutdown.clone(),
+            metrics: ComponentMetrics::new(Registry::default(), "source", "t"),
+        };
+        let task = tokio::spawn(Box::new(config.build()).run(cx));
+        let stream = loop {
+            match TcpStream::connect(addr).await {
+                Ok(s) => break s,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        let (read, mut write) = stream.into_split();
+        let mut replies = BufReader::new(read).lines();
+        write.write_all(b"a\nb\nc\nd\n").await.unwrap();
+        let mut ok = 0;
+        let mut failed = 0;
+        for _ in 0..4 {
+            let reply = replies.next_line().await.unwrap().unwrap();
+            if reply == "OK" {
+                ok += 1;
+            } else {
+                assert!(reply.starts_with("FAILED: channel `c` is full"), "{reply}");
+                failed += 1;
+            }
+        }
+        assert!(failed >= 2, "at most two of four lines fit");
+        assert_eq!(channel.stats().events, ok);
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
+    }
+
     #[test]
     fn config_rejects_unknown_keys() {
         let err =

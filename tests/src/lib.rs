@@ -1,0 +1,248 @@
+//! Harness for black-box tests: start the built `weir` binary with a config in a temp dir,
+//! read its JSON logs and standard output, find its ports from its `listening` log lines,
+//! signal it, and wait on conditions with hard timeouts (never bare sleeps).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use serde_json::Value;
+
+/// The `weir` binary next to this test executable (`target/<profile>/weir`), or `$WEIR_BIN`.
+pub fn weir_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("WEIR_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let bin = profile_dir.join("weir");
+    assert!(
+        bin.exists(),
+        "weir binary not found at {}: build it first (`cargo build -p weir`; scripts/test does this)",
+        bin.display()
+    );
+    bin
+}
+
+/// Polls `cond` with backoff until it holds; panics with `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+type Lines = Arc<Mutex<Vec<String>>>;
+
+fn collect(reader: impl std::io::Read + Send + 'static, into: Lines, echo: Option<&'static str>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if let Some(tag) = echo {
+                eprintln!("[{tag}] {line}");
+            }
+            into.lock().unwrap().push(line);
+        }
+    });
+}
+
+/// A running agent. Killed when dropped.
+pub struct Agent {
+    child: Child,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    stdout: Lines,
+    stderr: Lines,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Agent {
+    /// Writes `config` (with `{dir}` replaced by a fresh temp dir) and runs `weir run` on it.
+    pub fn start(config: &str) -> Agent {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().to_path_buf();
+        let mut agent = Agent::start_in(&dir, config);
+        agent._tmp = Some(tmp);
+        agent
+    }
+
+    /// Like [`Agent::start`] in a directory the caller owns (to restart on the same state).
+    pub fn start_in(dir: &Path, config: &str) -> Agent {
+        let config_path = dir.join("weir.toml");
+        std::fs::write(
+            &config_path,
+            config.replace("{dir}", &dir.display().to_string()),
+        )
+        .expect("write config");
+        let mut child = Command::new(weir_bin())
+            .args(["run", "--log-format", "json", "--config"])
+            .arg(&config_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("WEIR_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn weir");
+        let stdout: Lines = Default::default();
+        let stderr: Lines = Default::default();
+        let echo = std::env::var("WEIR_TEST_ECHO").is_ok();
+        collect(child.stdout.take().expect("stdout"), stdout.clone(), None);
+        collect(
+            child.stderr.take().expect("stderr"),
+            stderr.clone(),
+            echo.then_some("weir"),
+        );
+        Agent {
+            child,
+            dir: dir.to_path_buf(),
+            config_path,
+            stdout,
+            stderr,
+            _tmp: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Parsed JSON log records so far (non-JSON lines are skipped).
+    pub fn logs(&self) -> Vec<Value> {
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits for a log record matching `pred` and returns it.
+    pub fn wait_log(&self, timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let mut found = None;
+        wait_until(timeout, what, || {
+            found = self.logs().into_iter().find(|v| pred(v));
+            found.is_some() || self.exited()
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "agent exited before logging {what}; stderr:\n{}",
+                self.stderr_lines().join("\n")
+            )
+        })
+    }
+
+    /// True when some log record's message contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.logs().iter().any(|v| message(v).contains(text))
+    }
+
+    /// The address a component logged as `addr` in its "listening" line.
+    pub fn listen_addr(&self, component: &str) -> SocketAddr {
+        let v = self.wait_log(
+            Duration::from_secs(20),
+            &format!("{component} to listen"),
+            |v| message(v).contains("listening") && v["span"]["id"] == component,
+        );
+        v["addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no addr in {v}"))
+    }
+
+    /// Waits until standard output has at least `n` lines and returns them all.
+    pub fn wait_stdout(&self, n: usize, timeout: Duration) -> Vec<String> {
+        wait_until(timeout, &format!("{n} lines on stdout"), || {
+            self.stdout.lock().unwrap().len() >= n
+        });
+        self.stdout_lines()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -s {signal} failed");
+    }
+
+    fn exited(&self) -> bool {
+        // try_wait needs &mut; ask the OS instead.
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        stat.is_empty()
+            || stat
+                .split(") ")
+                .nth(1)
+                .is_some_and(|rest| rest.starts_with('Z'))
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Let the reader threads catch the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9`: no chance to flush or drain.
+    pub fn kill9(&mut self) -> ExitStatus {
+        let _ = self.child.kill();
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `message` field of a log record.
+pub fn message(v: &Value) -> &str {
+    v["message"].as_str().unwrap_or("")
+}
+
+/// Runs `weir ARGS…` to completion: (exit code, stdout, stderr).
+pub fn weir(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(weir_bin())
+        .args(args)
+        .output()
+        .expect("run weir");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
