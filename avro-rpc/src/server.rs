@@ -57,7 +57,8 @@ pub struct ServerOptions {
     /// Close a connection that sends no complete pack for this long (`None`: never, like Java;
     /// Flume sinks keep idle connections open between batches).
     pub idle_timeout: Option<Duration>,
-    /// Close a connection that started a pack and sent no more bytes of it for this long.
+    /// Close a connection that started a pack and sent no more bytes of it for this long
+    /// (detected within +25%).
     pub frame_timeout: Duration,
     /// Max time to write one reply (a peer that stops reading).
     pub write_timeout: Duration,
@@ -394,27 +395,34 @@ impl RpcServer {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let o = &self.options;
-        let step = o
+        // Wake up a few times per timeout to look at progress: a frame that is still growing
+        // is not stalled. Detection happens within +25% of the configured timeouts.
+        let shortest = o
             .idle_timeout
             .map_or(o.frame_timeout, |i| i.min(o.frame_timeout));
+        let step = (shortest / 4).max(Duration::from_millis(1));
         let started = tokio::time::Instant::now();
         let mut last_buffered = framed.read_buffer().len();
+        let mut last_progress = started;
         loop {
             match tokio::time::timeout(step, framed.next()).await {
                 Ok(Some(Ok(p))) => return Ok(Some(p)),
                 Ok(Some(Err(e))) => return Err(e.into()),
                 Ok(None) => return Ok(None),
                 Err(_) => {
+                    let now = tokio::time::Instant::now();
                     let buffered = framed.read_buffer().len();
-                    if buffered > 0 && buffered == last_buffered {
+                    if buffered != last_buffered {
+                        last_buffered = buffered;
+                        last_progress = now;
+                    } else if buffered > 0 && now - last_progress >= o.frame_timeout {
                         return Err(ConnectionError::StalledMidFrame {
-                            timeout: step,
+                            timeout: o.frame_timeout,
                             buffered,
                         });
                     }
-                    last_buffered = buffered;
                     if let Some(idle) = o.idle_timeout {
-                        if started.elapsed() >= idle {
+                        if now - started >= idle {
                             return Err(ConnectionError::IdleTimeout { idle });
                         }
                     }
