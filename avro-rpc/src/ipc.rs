@@ -106,7 +106,7 @@ impl HandshakeRequest {
         b.put_slice(&self.client_hash);
         put_optional(b, &self.client_protocol, |b, s| datum::put_str(b, s));
         b.put_slice(&self.server_hash);
-        put_optional(b, &self.meta, |b, m| datum::put_meta(b, m));
+        put_optional(b, &self.meta, datum::put_meta);
     }
 }
 
@@ -141,7 +141,7 @@ impl HandshakeResponse {
         datum::put_int(b, self.match_.index());
         put_optional(b, &self.server_protocol, |b, s| datum::put_str(b, s));
         put_optional(b, &self.server_hash, |b, h| b.put_slice(h));
-        put_optional(b, &self.meta, |b, m| datum::put_meta(b, m));
+        put_optional(b, &self.meta, datum::put_meta);
     }
 
     pub fn to_bytes(&self) -> Bytes {
