@@ -30,6 +30,10 @@
 //! * [`deflate`]: [`DeflateStream`], Flume's `compression-type = deflate`.
 //! * [`tls`]: rustls configs from PEM files (`ring` provider).
 //! * [`ipfilter`]: Flume's `ipFilterRules`.
+//! * [`transport`]: [`transport::ServerLayers`]/[`transport::ClientLayers`] stacking TLS and
+//!   deflate on a TCP stream in either order, behind one [`transport::BoxStream`] type.
+//! * [`listener`]: [`listener::serve`], the accept loop for server components (IP filter,
+//!   connection limit, layers, a task per connection, metrics, graceful shutdown).
 //!
 //! # Using it
 //!
@@ -58,9 +62,10 @@
 //! }
 //!
 //! # async fn run(listener: tokio::net::TcpListener) {
+//! // Components normally use `listener::serve`; by hand, one connection:
 //! let server = RpcServer::new(Protocol::flume(), ServerOptions::default());
 //! let (tcp, peer) = listener.accept().await.unwrap();
-//! let conn = ConnectionInfo { peer: Some(peer), local: tcp.local_addr().ok() };
+//! let conn = ConnectionInfo { peer: Some(peer), local: tcp.local_addr().ok(), ..Default::default() };
 //! if let Err(e) = server.serve_connection(tcp, &Source, &conn).await {
 //!     tracing::warn!(error = %e, kind = e.kind(), "avro connection closed");
 //! }
@@ -72,9 +77,9 @@
 //!
 //! # Compression and TLS order
 //!
-//! Both are stream wrappers, so the caller picks the order ([`LayerOrder`]): Flume ≤1.9 puts
-//! TLS outermost (`TCP → TLS → zlib`), Flume 1.10/1.11 put zlib outermost
-//! (`TCP → zlib → TLS`). They only differ when both are on; default to ≤1.9.
+//! Both are stream wrappers, so the caller picks the order ([`transport::Layering`]): Flume
+//! ≤1.9 puts TLS outermost (`TCP → TLS → zlib`), Flume 1.10/1.11 put zlib outermost
+//! (`TCP → zlib → TLS`). They only differ when both are on; the default is ≤1.9's.
 
 pub mod client;
 pub mod codec;
@@ -82,9 +87,11 @@ pub mod datum;
 pub mod deflate;
 pub mod ipc;
 pub mod ipfilter;
+pub mod listener;
 pub mod protocol;
 pub mod server;
 pub mod tls;
+pub mod transport;
 
 #[cfg(test)]
 mod testutil;
@@ -99,13 +106,4 @@ pub use server::{
     serve_connection, ConnectionError, ConnectionInfo, ProtocolCache, Responder, RpcServer,
     ServerOptions,
 };
-
-/// Which wrapper is nearer the socket when both TLS and deflate are enabled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LayerOrder {
-    /// Flume ≤1.9: `TCP → TLS → zlib → packs` (TLS outermost). The default.
-    #[default]
-    TlsOutside,
-    /// Flume 1.10/1.11: `TCP → zlib → TLS → packs` (TLS records are compressed).
-    DeflateOutside,
-}
+pub use transport::{BoxStream, ClientLayers, Compression, Layering, ServerLayers};

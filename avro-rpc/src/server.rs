@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::codec::{
@@ -28,6 +29,8 @@ use crate::protocol::{resolve_datum, Md5, Protocol};
 /// What the server knows about a connection, passed to every call.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionInfo {
+    /// Unique per listener (0 when not assigned).
+    pub id: u64,
     pub peer: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
 }
@@ -45,6 +48,10 @@ pub trait Responder: Send + Sync {
         params: Bytes,
         conn: &ConnectionInfo,
     ) -> Result<Bytes, String>;
+
+    /// Called by [`crate::listener::serve`] once a connection has ended, however it ended
+    /// (e.g. the Spark sink rolls back batches handed out on it).
+    fn connection_closed(&self, _conn: &ConnectionInfo) {}
 }
 
 /// Limits and timeouts for one server connection.
@@ -223,6 +230,24 @@ impl RpcServer {
         S: AsyncRead + AsyncWrite + Unpin + Send,
         R: Responder + ?Sized,
     {
+        self.serve_connection_until(stream, responder, conn, &CancellationToken::new())
+            .await
+    }
+
+    /// Like [`RpcServer::serve_connection`], but also returns `Ok` once `shutdown` is
+    /// cancelled while waiting for the next request: a call in progress is finished and
+    /// answered first; a partly received request is dropped unanswered (the client retries).
+    pub async fn serve_connection_until<S, R>(
+        &self,
+        stream: S,
+        responder: &R,
+        conn: &ConnectionInfo,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConnectionError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+        R: Responder + ?Sized,
+    {
         let o = &self.options;
         let mut framed = Framed::new(
             stream,
@@ -232,7 +257,15 @@ impl RpcServer {
         let mut remote: Option<Arc<Protocol>> = None;
         let mut none_replies = 0u32;
 
-        while let Some(pack) = self.next_pack(&mut framed).await? {
+        loop {
+            let pack = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                p = self.next_pack(&mut framed) => p?,
+            };
+            let Some(pack) = pack else {
+                return Ok(());
+            };
             let serial = pack.serial;
             let mut r = Reader::new(pack.body);
             let mut handshake_bytes = Bytes::new();
@@ -290,7 +323,6 @@ impl RpcServer {
             let reply = OutPack::java_response(serial, handshake_bytes, ipc::empty_meta(), body);
             self.send(&mut framed, reply).await?;
         }
-        Ok(())
     }
 
     /// Decode the handshake and answer it. Returns the response and, unless `NONE`, the
@@ -407,6 +439,14 @@ impl RpcServer {
         loop {
             match tokio::time::timeout(step, framed.next()).await {
                 Ok(Some(Ok(p))) => return Ok(Some(p)),
+                Ok(Some(Err(FrameError::Io(e))))
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof
+                        && framed.read_buffer().is_empty() =>
+                {
+                    // A TLS peer that closed without close_notify between requests: nothing
+                    // was cut short, so this is an ordinary close (Java peers do this).
+                    return Ok(None);
+                }
                 Ok(Some(Err(e))) => return Err(e.into()),
                 Ok(None) => return Ok(None),
                 Err(_) => {

@@ -39,3 +39,27 @@ pub fn golden_packs() -> Vec<(String, Vec<Vec<u8>>)> {
     assert!(out.len() >= 16, "golden files missing from {GOLDEN_DIR}");
     out
 }
+
+/// A temporary directory removed on drop.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p =
+            std::env::temp_dir().join(format!("weir-avro-rpc-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&p).expect("mkdir");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

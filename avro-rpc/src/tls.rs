@@ -170,25 +170,8 @@ impl ServerCertVerifier for TrustAll {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::TempDir;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    struct TempDir(PathBuf);
-    impl TempDir {
-        fn new(tag: &str) -> Self {
-            let p = std::env::temp_dir().join(format!(
-                "weir-avro-rpc-tls-{tag}-{}-{:?}",
-                std::process::id(),
-                std::thread::current().id()
-            ));
-            std::fs::create_dir_all(&p).expect("mkdir");
-            TempDir(p)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("rcgen");
@@ -225,7 +208,7 @@ mod tests {
     #[tokio::test]
     async fn self_signed_with_ca_file_and_trust_all() {
         let dir = TempDir::new("ok");
-        let (cert, key) = self_signed(&dir.0);
+        let (cert, key) = self_signed(dir.path());
         let server = server_config(&cert, &key).expect("server config");
         roundtrip(ClientTrust::CaFile(cert.clone()), server.clone()).await;
         roundtrip(ClientTrust::TrustAll, server).await;
@@ -234,15 +217,15 @@ mod tests {
     #[test]
     fn errors_name_the_file() {
         let dir = TempDir::new("err");
-        let missing = dir.0.join("missing.pem");
+        let missing = dir.path().join("missing.pem");
         let e = server_config(&missing, &missing).unwrap_err();
         assert!(e.to_string().contains("missing.pem"), "{e}");
-        let empty = dir.0.join("empty.pem");
+        let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not pem\n").expect("write");
         let e = load_certs(&empty).unwrap_err();
         assert!(matches!(e, TlsError::NoCertificates { .. }), "{e}");
         assert!(e.to_string().contains("empty.pem"));
-        let (cert, _) = self_signed(&dir.0);
+        let (cert, _) = self_signed(dir.path());
         let e = server_config(&cert, &cert).unwrap_err();
         assert!(matches!(e, TlsError::NoPrivateKey { .. }), "{e}");
         assert!(e.to_string().contains("cert.pem"));

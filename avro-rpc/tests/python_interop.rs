@@ -95,6 +95,7 @@ async fn our_server(listener: TcpListener, deflate: bool, responder: Arc<FlumeRe
         let conn = ConnectionInfo {
             peer: Some(peer),
             local: tcp.local_addr().ok(),
+            ..Default::default()
         };
         let res = if deflate {
             server

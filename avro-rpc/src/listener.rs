@@ -1,0 +1,288 @@
+//! The accept loop shared by every Avro-speaking server component (the `avro` source, the
+//! `spark` sink): IP filter, connection limit, TLS/deflate layers, one task per connection,
+//! metrics, and a shutdown that stops accepting and lets each connection finish its current
+//! call.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use weir_core::metrics::{ComponentMetrics, MetricName};
+
+use crate::ipfilter::IpFilter;
+use crate::server::{ConnectionInfo, Responder, RpcServer};
+use crate::transport::ServerLayers;
+
+/// How [`serve`] accepts connections.
+#[derive(Debug, Clone)]
+pub struct ListenerOptions {
+    /// Flume's `ipFilterRules`; `None` accepts everyone.
+    pub ip_filter: Option<IpFilter>,
+    /// Connections served at once; further ones are closed right after accept.
+    pub max_connections: usize,
+    pub layers: ServerLayers,
+    /// Max time for a new connection's TLS handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ListenerOptions {
+    fn default() -> Self {
+        ListenerOptions {
+            ip_filter: None,
+            max_connections: 1024,
+            layers: ServerLayers::plain(),
+            handshake_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Accept connections on `listener` and serve each with `server` + `responder` until
+/// `shutdown` is cancelled; then stop accepting, let every connection finish the call it is
+/// in, and return once all connection tasks ended. Errors are logged and counted
+/// (`weir_errors_total`), never returned: one bad peer must not stop the listener.
+pub async fn serve<R: Responder + 'static>(
+    listener: TcpListener,
+    options: ListenerOptions,
+    server: Arc<RpcServer>,
+    responder: Arc<R>,
+    shutdown: CancellationToken,
+    metrics: &ComponentMetrics,
+) {
+    let accepted = metrics.counter(MetricName::ConnectionsAcceptedTotal);
+    let rejected = metrics.counter(MetricName::ConnectionsRejectedTotal);
+    let open = metrics.gauge(MetricName::ConnectionsOpen);
+    let errors = metrics.counter(MetricName::ErrorsTotal);
+    let slots = Arc::new(Semaphore::new(options.max_connections));
+    let options = Arc::new(options);
+    let next_id = AtomicU64::new(1);
+    let mut tasks = JoinSet::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            // Reap finished tasks so the set does not grow with the connection count.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    errors.inc(1);
+                    warn!(message = "accept failed", error = %e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let local = tcp.local_addr().ok();
+        if let Some(filter) = &options.ip_filter {
+            if !filter.allows(peer.ip(), local.map(|a| a.ip())) {
+                rejected.inc(1);
+                info!(message = "connection refused by ip filter", %peer);
+                continue;
+            }
+        }
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            rejected.inc(1);
+            warn!(message = "connection refused: too many connections", %peer, limit = options.max_connections);
+            continue;
+        };
+        accepted.inc(1);
+        open.add(1);
+        let conn = ConnectionInfo {
+            id: next_id.fetch_add(1, Ordering::Relaxed),
+            peer: Some(peer),
+            local,
+        };
+        let (server, responder, options) = (server.clone(), responder.clone(), options.clone());
+        let (open, errors, stop) = (open.clone(), errors.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let _permit = permit;
+            connection(
+                tcp,
+                peer,
+                &conn,
+                &options,
+                &server,
+                &*responder,
+                &stop,
+                &errors,
+            )
+            .await;
+            responder.connection_closed(&conn);
+            open.add(-1);
+        });
+    }
+    drop(listener);
+    debug!(
+        message = "listener stopped accepting; waiting for connections",
+        open = tasks.len()
+    );
+    while tasks.join_next().await.is_some() {}
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn connection<R: Responder + ?Sized>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    conn: &ConnectionInfo,
+    options: &ListenerOptions,
+    server: &RpcServer,
+    responder: &R,
+    shutdown: &CancellationToken,
+    errors: &weir_core::metrics::Counter,
+) {
+    // Java sets TCP_NODELAY on both sides; replies are small and latency matters.
+    let _ = tcp.set_nodelay(true);
+    let stream = match tokio::time::timeout(options.handshake_timeout, options.layers.wrap(tcp))
+        .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            errors.inc(1);
+            warn!(message = "connection setup failed (TLS?)", %peer, error = %e);
+            return;
+        }
+        Err(_) => {
+            errors.inc(1);
+            warn!(message = "connection setup timed out (TLS handshake)", %peer, timeout = ?options.handshake_timeout);
+            return;
+        }
+    };
+    debug!(message = "connection open", %peer, id = conn.id);
+    match server
+        .serve_connection_until(stream, responder, conn, shutdown)
+        .await
+    {
+        Ok(()) => debug!(message = "connection closed", %peer, id = conn.id),
+        Err(e) => {
+            errors.inc(1);
+            warn!(message = "connection closed on error", %peer, id = conn.id, error_type = e.kind(), error = %e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ClientOptions, Protocol, RpcClient, ServerOptions, Status};
+    use bytes::Bytes;
+    use std::sync::Mutex;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use weir_core::metrics::Registry;
+    use weir_core::Event;
+
+    #[derive(Default)]
+    struct Rec {
+        closed: Mutex<Vec<u64>>,
+    }
+    #[async_trait::async_trait]
+    impl Responder for Rec {
+        async fn call(&self, _: &str, _: Bytes, _: &ConnectionInfo) -> Result<Bytes, String> {
+            Ok(Status::Ok.encode())
+        }
+        fn connection_closed(&self, conn: &ConnectionInfo) {
+            self.closed.lock().expect("lock").push(conn.id);
+        }
+    }
+
+    async fn start(
+        options: ListenerOptions,
+    ) -> (
+        SocketAddr,
+        CancellationToken,
+        Arc<Rec>,
+        tokio::task::JoinHandle<()>,
+        ComponentMetrics,
+    ) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let rec = Arc::new(Rec::default());
+        let metrics = ComponentMetrics::new(Registry::default(), "source", "test");
+        let server = Arc::new(RpcServer::new(Protocol::flume(), ServerOptions::default()));
+        let (s2, r2, m2) = (stop.clone(), rec.clone(), metrics.clone());
+        let task = tokio::spawn(async move { serve(l, options, server, r2, s2, &m2).await });
+        (addr, stop, rec, task, metrics)
+    }
+
+    async fn client(addr: SocketAddr) -> RpcClient<TcpStream> {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        RpcClient::new(tcp, Protocol::flume(), ClientOptions::default())
+    }
+
+    #[tokio::test]
+    async fn serves_and_shuts_down_cleanly() {
+        let (addr, stop, rec, task, metrics) = start(ListenerOptions::default()).await;
+        let mut c = client(addr).await;
+        assert_eq!(
+            c.append_batch(&[Event::new("x")]).await.expect("rpc"),
+            Status::Ok
+        );
+        // An idle open connection must not block shutdown.
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("shutdown hangs")
+            .expect("join");
+        assert_eq!(*rec.closed.lock().expect("lock"), [1]);
+        assert_eq!(
+            metrics.counter(MetricName::ConnectionsAcceptedTotal).get(),
+            1
+        );
+        assert_eq!(metrics.gauge(MetricName::ConnectionsOpen).get(), 0);
+        assert!(
+            c.append_batch(&[Event::new("x")]).await.is_err(),
+            "server side closed"
+        );
+    }
+
+    #[tokio::test]
+    async fn ip_filter_and_connection_limit() {
+        let (addr, stop, _rec, task, metrics) = start(ListenerOptions {
+            ip_filter: Some(IpFilter::parse("deny:ip:127.0.0.*").expect("rules")),
+            ..Default::default()
+        })
+        .await;
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let mut buf = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut buf))
+            .await
+            .expect("closed promptly");
+        assert!(
+            n.map_or(true, |n| n == 0),
+            "filtered: closed before any data"
+        );
+        stop.cancel();
+        task.await.expect("join");
+        assert_eq!(
+            metrics.counter(MetricName::ConnectionsRejectedTotal).get(),
+            1
+        );
+
+        let (addr, stop, _rec, task, metrics) = start(ListenerOptions {
+            max_connections: 1,
+            ..Default::default()
+        })
+        .await;
+        let mut first = client(addr).await;
+        assert_eq!(first.append_batch(&[]).await.expect("rpc"), Status::Ok);
+        let mut second = TcpStream::connect(addr).await.expect("connect");
+        let _ = second.write_all(b"x").await;
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), second.read_to_end(&mut buf))
+            .await
+            .expect("closed promptly");
+        assert_eq!(
+            metrics.counter(MetricName::ConnectionsRejectedTotal).get(),
+            1
+        );
+        stop.cancel();
+        task.await.expect("join");
+    }
+}
