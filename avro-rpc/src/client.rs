@@ -28,7 +28,7 @@ use crate::codec::{
 };
 use crate::datum::{self, DecodeError, EventBatch, Reader, Status};
 use crate::ipc::{self, CallResult, HandshakeMatch, HandshakeRequest, HandshakeResponse};
-use crate::protocol::{resolve_datum, Md5, Protocol};
+use crate::protocol::{parse_untrusted, resolve_datum, Md5, Protocol};
 use crate::server::hex16;
 
 /// Client settings.
@@ -266,7 +266,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RpcClient<S> {
         self.remote = if hash == self.local.md5() {
             None
         } else {
-            let p = Protocol::parse_with_hash(text, hash)
+            let p = parse_untrusted(text, hash)
                 .map_err(|e| RpcError::Handshake(format!("unusable serverProtocol: {e}")))?;
             Some(Arc::new(p))
         };

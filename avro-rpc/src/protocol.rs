@@ -422,16 +422,41 @@ fn parse_message(
     })
 }
 
+/// Cap on what `apache-avro` may allocate for one value on the slow path (its default is
+/// 512 MiB). A datum arrives inside one frame, so a larger claim can only be a lie; the cap is
+/// process-wide and set once (the first resolution sets it).
+pub const SLOW_PATH_MAX_ALLOCATION: usize = crate::codec::DEFAULT_MAX_FRAME_BYTES;
+
 /// Re-encode a datum written with `writer` so it reads as `reader` (Avro schema resolution).
-/// The slow path, used only when a peer's protocol differs from ours.
+/// The slow path, used only when a peer's protocol differs from ours. Input comes from the
+/// network, so a panic inside `apache-avro` is caught and reported as an error.
 pub fn resolve_datum(writer: &Schema, reader: &Schema, data: &[u8]) -> Result<Vec<u8>, String> {
-    let mut slice = data;
-    let value = apache_avro::from_avro_datum(writer, &mut slice, Some(reader))
-        .map_err(|e| format!("cannot resolve the peer's datum: {e}"))?;
-    if !slice.is_empty() {
-        return Err(format!("{} trailing bytes after the datum", slice.len()));
-    }
-    apache_avro::to_avro_datum(reader, value).map_err(|e| format!("cannot re-encode datum: {e}"))
+    apache_avro::util::max_allocation_bytes(SLOW_PATH_MAX_ALLOCATION);
+    let run = || {
+        let mut slice = data;
+        let value = apache_avro::from_avro_datum(writer, &mut slice, Some(reader))
+            .map_err(|e| format!("cannot resolve the peer's datum: {e}"))?;
+        if !slice.is_empty() {
+            return Err(format!("{} trailing bytes after the datum", slice.len()));
+        }
+        apache_avro::to_avro_datum(reader, value)
+            .map_err(|e| format!("cannot re-encode datum: {e}"))
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+        .unwrap_or_else(|_| Err("schema resolution failed (internal panic in apache-avro)".into()))
+}
+
+/// [`Protocol::parse_with_hash`] for text received from a peer: a panic inside the JSON or
+/// schema parser is caught and reported as an error.
+pub fn parse_untrusted(text: &str, md5: Md5) -> Result<Protocol, ProtocolError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Protocol::parse_with_hash(text, md5)
+    }))
+    .unwrap_or_else(|_| {
+        Err(ProtocolError::Shape(
+            "protocol parser panicked on this text".into(),
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use crate::codec::{
 };
 use crate::datum::{DecodeError, Reader};
 use crate::ipc::{self, HandshakeMatch, HandshakeRequest, HandshakeResponse};
-use crate::protocol::{resolve_datum, Md5, Protocol};
+use crate::protocol::{parse_untrusted, resolve_datum, Md5, Protocol};
 
 /// What the server knows about a connection, passed to every call.
 #[derive(Debug, Clone, Default)]
@@ -339,7 +339,7 @@ impl RpcServer {
         let mut remote = self.cache.get(&req.client_hash);
         if remote.is_none() {
             if let Some(text) = &req.client_protocol {
-                let p = Protocol::parse_with_hash(text, req.client_hash).map_err(|e| {
+                let p = parse_untrusted(text, req.client_hash).map_err(|e| {
                     ConnectionError::BadHandshake {
                         serial,
                         reason: format!("unusable clientProtocol: {e}"),

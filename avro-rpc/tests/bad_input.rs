@@ -509,3 +509,58 @@ async fn client_typed_errors() {
     let e = client_against(raw.to_vec()).await;
     assert!(matches!(e, RpcError::Decode(_)), "{e}");
 }
+
+/// Feed `input` to a fresh server, close the write side, and require the server to finish
+/// (with any result) without panicking or hanging.
+fn server_survives(input: Vec<u8>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let (mut c, task) = spawn_server(ServerOptions {
+            max_frame_bytes: 1 << 16,
+            frame_timeout: Duration::from_secs(5),
+            ..Default::default()
+        });
+        let _ = c.write_all(&input).await;
+        let _ = c.shutdown().await;
+        // Drain replies so the server never blocks on a full pipe.
+        let drain = tokio::spawn(async move {
+            let mut sink = Vec::new();
+            let _ = c.read_to_end(&mut sink).await;
+        });
+        let _ = server_result(task).await;
+        drain.abort();
+    });
+}
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            server_survives(data);
+        }
+
+        /// Golden requests with a few bytes changed: deep into the handshake, envelope and
+        /// datum decoders rather than stopping at the frame header.
+        #[test]
+        fn mutated_golden_requests(
+            which in 0usize..3,
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+        ) {
+            let name = ["flume_plain.c2s.hex", "flume_nodoc_client.c2s.hex", "realflume_avroclient.c2s.hex"][which];
+            let mut data = golden_packs(name).concat();
+            for (i, b) in edits {
+                let i = i % data.len();
+                data[i] = b;
+            }
+            server_survives(data);
+        }
+    }
+}
