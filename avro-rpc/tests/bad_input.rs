@@ -564,3 +564,21 @@ mod never_panics {
         }
     }
 }
+
+#[tokio::test]
+async fn ping_then_calls() {
+    let (c, task) = spawn_server(ServerOptions::default());
+    let mut client = RpcClient::connect(c, Protocol::flume(), ClientOptions::default());
+    client.ping().await.expect("ping");
+    assert!(client.is_handshaken());
+    assert_eq!(
+        client.append_batch(&flume_batch(0)).await.expect("batch"),
+        Status::Ok
+    );
+    assert!(matches!(
+        client.call("nope", Bytes::new()).await,
+        Err(RpcError::UnknownMessage(_))
+    ));
+    drop(client);
+    server_result(task).await.expect("clean close");
+}
