@@ -75,6 +75,21 @@
 //! A Flume-compatible sink: `RpcClient::new(tcp, Protocol::flume(), ClientOptions::default())`
 //! then `client.append_batch(&events).await? == Status::Ok`.
 //!
+//! # Behaviour worth knowing
+//!
+//! * Nothing here panics on input from the network; every failure is a typed error with a
+//!   `kind()` label (bounded, for metrics) and a message naming the numbers an operator needs.
+//! * A server connection handles its calls one at a time, in order; concurrency comes from
+//!   connections. A client has one call in flight (`&mut self`); use several for parallelism.
+//! * A transport failure makes an [`RpcClient`] dead (reconnect, as Flume does); a remote
+//!   error reply ([`RpcError::Remote`]) does not.
+//! * The fast path (the peer's protocol hash is ours, or its schemas have the same Parsing
+//!   Canonical Form) hands the received bytes through untouched. Otherwise params/results are
+//!   resolved with `apache-avro`; that slow path caps `apache-avro`'s allocations process-wide
+//!   at [`protocol::SLOW_PATH_MAX_ALLOCATION`].
+//! * A TLS peer closing without `close_notify` between requests is a normal close; in the
+//!   middle of a request it is a truncation error.
+//!
 //! # Compression and TLS order
 //!
 //! Both are stream wrappers, so the caller picks the order ([`transport::Layering`]): Flume
