@@ -338,6 +338,7 @@ impl FileChannel {
             unsynced: false,
             last_sync: Instant::now(),
             pending_delete: Vec::new(),
+            deferred_commits: Vec::new(),
         };
         // Starting a fresh segment now proves the directory is writable before we say "open".
         writer.roll().map_err(dir_err)?;
@@ -613,8 +614,10 @@ fn put_back(inner: &Inner, seqs: &[u64], events: Vec<Event>) {
 }
 
 /// A commit is durable (per the fsync policy) before it returns: it rides in the next group
-/// write with the puts, so it costs no fdatasync of its own under load. A commit lost in a
-/// crash would only mean redelivery, but making it durable keeps replay exact.
+/// write with the puts, so it costs no fdatasync of its own under load. One exception: when
+/// the log cannot be written (disk full, I/O error) the commit is applied in memory, returns
+/// `Ok`, and its record goes into the next successful write — otherwise a full disk could never
+/// be drained. A crash before that write redelivers those events, which at-least-once allows.
 #[async_trait]
 impl TakeHandle for FileTake {
     async fn commit(self: Box<Self>, events: Vec<Event>) -> Result<(), CommitError> {
@@ -671,6 +674,9 @@ struct Writer {
     unsynced: bool,
     last_sync: Instant,
     pending_delete: Vec<u64>,
+    /// Commits applied in memory whose record could not be written (disk full): they go into
+    /// the next frame. Losing them in a crash only means redelivery.
+    deferred_commits: Vec<(u64, u64)>,
 }
 
 impl Writer {
@@ -795,9 +801,29 @@ impl Writer {
                 channel = %self.inner.name,
                 error = %e
             );
+            // A commit must not need disk space, or a full disk could never drain: apply it
+            // in memory now (so its segments can be reclaimed) and write it later.
+            let mut st = lock(&self.inner.state);
             for op in ops {
-                op.fail(&e);
+                match op {
+                    Op::Put { .. } => op.fail(&e),
+                    Op::Commit {
+                        ranges,
+                        events,
+                        bytes,
+                        reply,
+                    } => {
+                        for &(s, e) in &ranges {
+                            st.mark_committed(s, e);
+                        }
+                        st.held_events -= events;
+                        st.held_bytes -= bytes;
+                        self.deferred_commits.extend(ranges);
+                        let _ = reply.send(Ok(()));
+                    }
+                }
             }
+            st.pop_committed_front();
             return;
         }
         let mut any_put = false;
@@ -821,6 +847,9 @@ impl Writer {
         // (offset in frame, len, first_seq) per put
         let mut puts = Vec::new();
         let mut seq = self.next_seq;
+        if !self.deferred_commits.is_empty() {
+            codec::encode_commit_record(&mut frame, &self.deferred_commits);
+        }
         for op in ops.iter() {
             match op {
                 Op::Put { record, count, .. } => {
@@ -885,6 +914,7 @@ impl Writer {
         let seg = a.id;
         let (seg_len, file_base) = (base + frame.len() as u64, base);
         self.next_seq = seq;
+        self.deferred_commits.clear();
 
         let mut st = lock(&self.inner.state);
         let cache_limit = self.inner.config.cache_bytes.0;

@@ -7,3 +7,6 @@ pub mod storage;
 
 pub use channel::{FileChannel, OpenError};
 pub use config::{FileChannelConfig, FsyncPolicy, ParseFsyncPolicyError};
+
+#[cfg(test)]
+mod tests;
