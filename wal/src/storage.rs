@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 /// An open segment file. Reads and writes are positional so that takes can read while the
 /// writer appends.
+#[allow(clippy::len_without_is_empty)]
 pub trait StorageFile: Send + Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
