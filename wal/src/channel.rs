@@ -26,6 +26,10 @@ const MAX_FRAME_BYTES: usize = 32 << 20;
 const MAX_RECORD_BYTES: usize = 1 << 30;
 /// Memory a cached event costs beyond its accounted bytes (Event, Bytes and map overhead).
 const CACHE_OVERHEAD_PER_EVENT: u64 = 96;
+/// How long the writer waits for the rest of a group of puts (see `Writer::gather`).
+const PUT_GATHER: Duration = Duration::from_micros(200);
+/// How long a commit-only group waits for a put to share its fdatasync with.
+const COMMIT_GATHER: Duration = Duration::from_millis(2);
 /// Replay logs progress every this many bytes.
 const REPLAY_PROGRESS_BYTES: u64 = 256 << 20;
 /// The smallest `segment_bytes` accepted.
@@ -339,6 +343,7 @@ impl FileChannel {
             last_sync: Instant::now(),
             pending_delete: Vec::new(),
             deferred_commits: Vec::new(),
+            last_group_puts: 0,
         };
         // Starting a fresh segment now proves the directory is writable before we say "open".
         writer.roll().map_err(dir_err)?;
@@ -677,6 +682,7 @@ struct Writer {
     /// Commits applied in memory whose record could not be written (disk full): they go into
     /// the next frame. Losing them in a crash only means redelivery.
     deferred_commits: Vec<(u64, u64)>,
+    last_group_puts: usize,
 }
 
 impl Writer {
@@ -720,6 +726,7 @@ impl Writer {
                         }
                     }
                 }
+                q = self.gather(q);
                 let mut taken = Vec::new();
                 let mut size = 0;
                 while let Some(op) = q.ops.front() {
@@ -733,6 +740,7 @@ impl Writer {
                 taken
             };
             if !ops.is_empty() {
+                self.last_group_puts = ops.iter().filter(|o| matches!(o, Op::Put { .. })).count();
                 self.write_group(ops);
             }
             if let FsyncPolicy::Interval(d) = self.inner.config.fsync {
@@ -741,6 +749,34 @@ impl Writer {
                 }
             }
             self.reclaim();
+        }
+    }
+
+    /// Lets a group fill before writing it: up to [`PUT_GATHER`] for as many puts as the
+    /// last group had (the writers it answered are about to send their next batch), and up
+    /// to [`COMMIT_GATHER`] for a put to share the fdatasync of a commit-only group.
+    fn gather<'a>(&self, mut q: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
+        let puts = |q: &Queue| q.ops.iter().filter(|o| matches!(o, Op::Put { .. })).count();
+        if matches!(self.inner.config.fsync, FsyncPolicy::Interval(_)) {
+            return q;
+        }
+        let start = Instant::now();
+        loop {
+            let n = puts(&q);
+            let deadline = if n == 0 { COMMIT_GATHER } else { PUT_GATHER };
+            if q.closed || n >= self.last_group_puts.max(1) {
+                return q;
+            }
+            let left = deadline.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return q;
+            }
+            q = self
+                .inner
+                .queue_cv
+                .wait_timeout(q, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
