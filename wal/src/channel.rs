@@ -806,7 +806,15 @@ impl Writer {
         let id = self.next_seg_id;
         let path = self.inner.seg_path(id);
         let storage = &self.inner.storage;
-        let file = storage.create(&path)?;
+        let file = match storage.create(&path) {
+            // Left by a roll that failed half-way (its removal failed too): reuse it.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let f = storage.open(&path)?;
+                f.set_len(0)?;
+                f
+            }
+            other => other?,
+        };
         let header = codec::segment_header(id, self.next_seq);
         let res = file
             .write_all_at(&header, 0)

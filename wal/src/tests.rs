@@ -215,6 +215,46 @@ async fn concurrent_writers_all_land_in_put_order_per_writer() {
 }
 
 #[tokio::test]
+async fn interval_fsync_policy_works_and_survives_a_clean_close() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = small(1000);
+    cfg.fsync = "interval:20ms".parse().unwrap();
+    let ch = FileChannel::open("c", tmp.path(), cfg.clone())
+        .await
+        .unwrap();
+    for b in 0..10u64 {
+        ch.put((b * 5..b * 5 + 5).map(ev).collect()).await.unwrap();
+    }
+    let t = ch.take(5).await.unwrap().unwrap();
+    t.commit().await.unwrap();
+    ch.close().await;
+    drop(ch);
+    let ch = FileChannel::open("c", tmp.path(), cfg).await.unwrap();
+    assert_eq!(peek_all(&ch).await, (5..50).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_crash_with_interval_fsync_loses_at_most_a_suffix() {
+    let rt = rt();
+    let fs = SimFs::new();
+    let mut cfg = small(1000);
+    cfg.fsync = "interval:1h".parse().unwrap();
+    rt.block_on(async {
+        let ch = open_sim(&fs, cfg.clone()).unwrap();
+        for b in 0..10u64 {
+            ch.put((b * 5..b * 5 + 5).map(ev).collect()).await.unwrap();
+        }
+    });
+    fs.crash();
+    rt.block_on(async {
+        let ch = open_sim(&fs, cfg).unwrap();
+        let got = peek_all(&ch).await;
+        let n = got.len() as u64;
+        assert_eq!(got, (0..n).collect::<Vec<_>>());
+    });
+}
+
+#[tokio::test]
 async fn wait_for_events_wakes_on_put() {
     let tmp = tempfile::tempdir().unwrap();
     let ch = Arc::new(
