@@ -696,6 +696,7 @@ impl Writer {
                     }
                     if q.closed {
                         drop(q);
+                        self.flush_deferred();
                         self.sync_if_unsynced();
                         debug!(message = "wal writer stopped", channel = %self.inner.name);
                         return;
@@ -720,7 +721,10 @@ impl Writer {
                                 .wait_timeout(q, Duration::from_secs(1))
                                 .unwrap_or_else(|p| p.into_inner())
                                 .0;
-                            if q.ops.is_empty() && !self.pending_delete.is_empty() {
+                            if q.ops.is_empty()
+                                && !(self.pending_delete.is_empty()
+                                    && self.deferred_commits.is_empty())
+                            {
                                 break;
                             }
                         }
@@ -742,6 +746,8 @@ impl Writer {
             if !ops.is_empty() {
                 self.last_group_puts = ops.iter().filter(|o| matches!(o, Op::Put { .. })).count();
                 self.write_group(ops);
+            } else {
+                self.flush_deferred();
             }
             if let FsyncPolicy::Interval(d) = self.inner.config.fsync {
                 if self.unsynced && self.last_sync.elapsed() >= d {
@@ -777,6 +783,16 @@ impl Writer {
                 .wait_timeout(q, left)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+        }
+    }
+
+    /// Writes commits deferred by a failed write, when nothing else will carry them.
+    fn flush_deferred(&mut self) {
+        if self.deferred_commits.is_empty() {
+            return;
+        }
+        if let Err(e) = self.try_write_group(&mut []) {
+            debug!(message = "wal deferred commits not written yet", channel = %self.inner.name, error = %e);
         }
     }
 
