@@ -154,13 +154,17 @@ async fn put_throughput(dir: &Path, writers: usize, a: &Args) {
     let secs = t.elapsed().as_secs_f64();
     consumer.await.unwrap();
     let ev = puts.load(Ordering::Relaxed) as f64 * a.batch as f64;
+    let w = ch.wal_stats();
     println!(
-        "put: {writers:>3} writers x batch {} x {}B, fsync always: {:>9.0} events/s, {:>6.1} MB/s of bodies, {:.0} puts/s",
+        "put: {writers:>3} writers x batch {} x {}B, fsync always: {:>9.0} events/s, {:>6.1} MB/s of bodies, {:.0} puts/s, {:.0} fdatasyncs/s, {:.1} puts + {:.1} commits per group write",
         a.batch,
         a.body,
         ev / secs,
         ev * a.body as f64 / 1e6 / secs,
-        puts.load(Ordering::Relaxed) as f64 / secs
+        puts.load(Ordering::Relaxed) as f64 / secs,
+        w.fdatasyncs as f64 / secs,
+        w.puts_written as f64 / w.frames_written.max(1) as f64,
+        w.commits_written as f64 / w.frames_written.max(1) as f64,
     );
     ch.close().await;
     drop(ch);

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,40 @@ pub enum OpenError {
         offset: u64,
         reason: String,
     },
+}
+
+/// Counters of the log's own work, for metrics and benchmarks (monotonic since open).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Group-commit writes (frames) that succeeded.
+    pub frames_written: u64,
+    /// Puts carried by those frames (`puts_written / frames_written` = mean group size).
+    pub puts_written: u64,
+    pub commits_written: u64,
+    pub bytes_written: u64,
+    pub fdatasyncs: u64,
+    /// Frames refused by the disk (ENOSPC, EIO): their puts failed, nothing was damaged.
+    pub write_errors: u64,
+    pub segments_created: u64,
+    pub segments_deleted: u64,
+    /// Segment files on disk now.
+    pub segments: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    frames_written: AtomicU64,
+    puts_written: AtomicU64,
+    commits_written: AtomicU64,
+    bytes_written: AtomicU64,
+    fdatasyncs: AtomicU64,
+    write_errors: AtomicU64,
+    segments_created: AtomicU64,
+    segments_deleted: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
 }
 
 /// One put record still holding at least one uncommitted event.
@@ -211,6 +246,7 @@ struct Inner {
     /// Serialises takes; holds the last record read back from disk.
     reader: Mutex<Option<(u64, Arc<Vec<Event>>)>>,
     writer_done: Mutex<Option<oneshot::Receiver<()>>>,
+    counters: Counters,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -332,6 +368,7 @@ impl FileChannel {
             readable: Notify::new(),
             reader: Mutex::new(None),
             writer_done: Mutex::new(None),
+            counters: Counters::default(),
         });
         let mut writer = Writer {
             inner: inner.clone(),
@@ -371,6 +408,23 @@ impl FileChannel {
         let rx = lock(&self.inner.writer_done).take();
         if let Some(rx) = rx {
             let _ = rx.await;
+        }
+    }
+
+    /// What the log has done since open.
+    pub fn wal_stats(&self) -> WalStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WalStats {
+            frames_written: get(&c.frames_written),
+            puts_written: get(&c.puts_written),
+            commits_written: get(&c.commits_written),
+            bytes_written: get(&c.bytes_written),
+            fdatasyncs: get(&c.fdatasyncs),
+            write_errors: get(&c.write_errors),
+            segments_created: get(&c.segments_created),
+            segments_deleted: get(&c.segments_deleted),
+            segments: lock(&self.inner.state).files.len() as u64,
         }
     }
 
@@ -801,6 +855,7 @@ impl Writer {
             return;
         }
         if let Some(a) = &self.active {
+            bump(&self.inner.counters.fdatasyncs, 1);
             match a.file.sync_data() {
                 Ok(()) => {
                     self.unsynced = false;
@@ -844,6 +899,7 @@ impl Writer {
             return Err(e);
         }
         self.next_seg_id += 1;
+        bump(&self.inner.counters.segments_created, 1);
         lock(&self.inner.state).files.insert(id, file.clone());
         debug!(message = "wal segment created", channel = %self.inner.name, path = %path.display());
         self.active = Some(Active {
@@ -948,10 +1004,14 @@ impl Writer {
         let mut res = a.file.write_all_at(&frame, base);
         if res.is_ok() {
             match self.inner.config.fsync {
-                FsyncPolicy::Always => res = a.file.sync_data(),
+                FsyncPolicy::Always => {
+                    bump(&self.inner.counters.fdatasyncs, 1);
+                    res = a.file.sync_data();
+                }
                 FsyncPolicy::Interval(d) => {
                     self.unsynced = true;
                     if self.last_sync.elapsed() >= d {
+                        bump(&self.inner.counters.fdatasyncs, 1);
                         res = a.file.sync_data();
                         if res.is_ok() {
                             self.unsynced = false;
@@ -1054,6 +1114,7 @@ impl Writer {
             let path = self.inner.seg_path(id);
             match storage.remove(&path) {
                 Ok(()) => {
+                    bump(&self.inner.counters.segments_deleted, 1);
                     debug!(message = "wal segment deleted", channel = %self.inner.name, path = %path.display())
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}

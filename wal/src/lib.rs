@@ -69,7 +69,7 @@ mod codec;
 mod config;
 pub mod storage;
 
-pub use channel::{FileChannel, OpenError, MIN_SEGMENT_BYTES};
+pub use channel::{FileChannel, OpenError, WalStats, MIN_SEGMENT_BYTES};
 pub use config::{FileChannelConfig, FsyncPolicy, ParseFsyncPolicyError};
 
 #[cfg(test)]

@@ -172,6 +172,10 @@ async fn backlog_beyond_the_cache_is_read_back_from_disk_and_segments_are_reclai
     ch.put(vec![ev(5000)]).await.unwrap();
     wait_until(|| segments(tmp.path()).len() <= 2).await;
     assert_eq!(ch.stats().events, 1);
+    let w = ch.wal_stats();
+    assert!(w.segments_deleted >= before as u64 - 2, "{w:?}");
+    assert!(w.segments <= 2, "{w:?}");
+    assert_eq!(w.write_errors, 0);
 }
 
 async fn wait_until(mut cond: impl FnMut() -> bool) {
