@@ -2,4 +2,5 @@
 //! channels through a [`weir_core::ChannelProcessor`], answering its client only after the put
 //! succeeded.
 
+pub mod taildir;
 pub mod tcp;
