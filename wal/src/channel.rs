@@ -1029,7 +1029,16 @@ impl Writer {
                 .set_len(base)
                 .and_then(|()| a.file.sync_data())
                 .is_err();
+            bump(&self.inner.counters.write_errors, 1);
             return Err(e);
+        }
+        {
+            let c = &self.inner.counters;
+            let puts = ops.iter().filter(|o| matches!(o, Op::Put { .. })).count() as u64;
+            bump(&c.frames_written, 1);
+            bump(&c.puts_written, puts);
+            bump(&c.commits_written, ops.len() as u64 - puts);
+            bump(&c.bytes_written, frame.len() as u64);
         }
         let seg = a.id;
         let (seg_len, file_base) = (base + frame.len() as u64, base);

@@ -402,6 +402,7 @@ fn enospc_fails_the_put_cleanly_and_the_channel_recovers_when_space_returns() {
         }
         // Nothing of the refused puts is held or visible.
         assert_eq!(ch.stats().events, 3);
+        assert!(ch.wal_stats().write_errors >= 5);
         fs.set_space(None);
         ch.put((3..6).map(ev).collect()).await.unwrap();
         assert_eq!(peek_all(&ch).await, (0..6).collect::<Vec<_>>());
