@@ -6,8 +6,12 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use weir_core::{Channel, MemoryChannel, MemoryChannelConfig, Sink, Source};
+use weir_sinks::avro::AvroSinkConfig;
 use weir_sinks::console::ConsoleSinkConfig;
 use weir_sinks::null::NullSinkConfig;
+use weir_sinks::spark::SparkSinkConfig;
+use weir_sources::avro::AvroSourceConfig;
+use weir_sources::spark_pull::SparkPullSourceConfig;
 use weir_sources::tcp::TcpSourceConfig;
 
 /// A problem in one component table: the key path inside the table (empty for the table
@@ -16,6 +20,15 @@ use weir_sources::tcp::TcpSourceConfig;
 pub struct FieldError {
     pub path: String,
     pub message: String,
+}
+
+/// Deserializes a component table and runs its semantic checks, reporting the exact key.
+macro_rules! parse_checked {
+    ($table:expr, $ty:ty, $variant:path) => {{
+        let c: $ty = deserialize($table)?;
+        let problems = c.check();
+        checked(c, problems).map($variant)
+    }};
 }
 
 /// Deserializes a component table, reporting the exact key that failed.
@@ -52,25 +65,27 @@ fn checked<T>(config: T, problems: Vec<(&'static str, String)>) -> Result<T, Fie
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceConfig {
+    Avro(AvroSourceConfig),
+    SparkPull(SparkPullSourceConfig),
     Tcp(TcpSourceConfig),
 }
 
 impl SourceConfig {
-    pub const TYPES: &'static [&'static str] = &["tcp"];
+    pub const TYPES: &'static [&'static str] = &["avro", "spark_pull", "tcp"];
 
     pub fn parse(kind: &str, table: toml::Value) -> Result<Self, FieldError> {
         match kind {
-            "tcp" => {
-                let c: TcpSourceConfig = deserialize(table)?;
-                let problems = c.check();
-                checked(c, problems).map(SourceConfig::Tcp)
-            }
+            "avro" => parse_checked!(table, AvroSourceConfig, SourceConfig::Avro),
+            "spark_pull" => parse_checked!(table, SparkPullSourceConfig, SourceConfig::SparkPull),
+            "tcp" => parse_checked!(table, TcpSourceConfig, SourceConfig::Tcp),
             other => Err(unknown_type(other, Self::TYPES)),
         }
     }
 
     pub fn type_name(&self) -> &'static str {
         match self {
+            SourceConfig::Avro(_) => "avro",
+            SourceConfig::SparkPull(_) => "spark_pull",
             SourceConfig::Tcp(_) => "tcp",
         }
     }
@@ -78,12 +93,16 @@ impl SourceConfig {
     /// Addresses this source listens on, with their key, for the port-clash check.
     pub fn listen_addrs(&self) -> Vec<(&'static str, SocketAddr)> {
         match self {
+            SourceConfig::Avro(c) => vec![("bind", c.bind)],
+            SourceConfig::SparkPull(_) => Vec::new(),
             SourceConfig::Tcp(c) => vec![("bind", c.bind)],
         }
     }
 
     pub fn build(&self) -> Box<dyn Source> {
         match self {
+            SourceConfig::Avro(c) => Box::new(c.build()),
+            SourceConfig::SparkPull(c) => Box::new(c.build()),
             SourceConfig::Tcp(c) => Box::new(c.build()),
         }
     }
@@ -129,44 +148,47 @@ impl ChannelConfig {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SinkConfig {
+    Avro(AvroSinkConfig),
     Console(ConsoleSinkConfig),
     Null(NullSinkConfig),
+    Spark(SparkSinkConfig),
 }
 
 impl SinkConfig {
-    pub const TYPES: &'static [&'static str] = &["console", "null"];
+    pub const TYPES: &'static [&'static str] = &["avro", "console", "null", "spark"];
 
     pub fn parse(kind: &str, table: toml::Value) -> Result<Self, FieldError> {
         match kind {
-            "console" => {
-                let c: ConsoleSinkConfig = deserialize(table)?;
-                let problems = c.check();
-                checked(c, problems).map(SinkConfig::Console)
-            }
-            "null" => {
-                let c: NullSinkConfig = deserialize(table)?;
-                let problems = c.check();
-                checked(c, problems).map(SinkConfig::Null)
-            }
+            "avro" => parse_checked!(table, AvroSinkConfig, SinkConfig::Avro),
+            "console" => parse_checked!(table, ConsoleSinkConfig, SinkConfig::Console),
+            "null" => parse_checked!(table, NullSinkConfig, SinkConfig::Null),
+            "spark" => parse_checked!(table, SparkSinkConfig, SinkConfig::Spark),
             other => Err(unknown_type(other, Self::TYPES)),
         }
     }
 
     pub fn type_name(&self) -> &'static str {
         match self {
+            SinkConfig::Avro(_) => "avro",
             SinkConfig::Console(_) => "console",
             SinkConfig::Null(_) => "null",
+            SinkConfig::Spark(_) => "spark",
         }
     }
 
     pub fn listen_addrs(&self) -> Vec<(&'static str, SocketAddr)> {
-        Vec::new()
+        match self {
+            SinkConfig::Spark(c) => vec![("bind", c.bind)],
+            _ => Vec::new(),
+        }
     }
 
     pub fn build(&self) -> Box<dyn Sink> {
         match self {
+            SinkConfig::Avro(c) => Box::new(c.build()),
             SinkConfig::Console(c) => Box::new(c.build()),
             SinkConfig::Null(c) => Box::new(c.build()),
+            SinkConfig::Spark(c) => Box::new(c.build()),
         }
     }
 }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use weir_core::{ConfigDuration, SelectorConfig};
 
 use crate::components::{deserialize, ChannelConfig, FieldError, SinkConfig, SourceConfig};
+use crate::http::HttpConfig;
 
 /// `[agent]`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -66,6 +67,7 @@ pub struct SinkDef {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub agent: AgentConfig,
+    pub http: Option<HttpConfig>,
     pub sources: BTreeMap<String, SourceDef>,
     pub channels: BTreeMap<String, ChannelConfig>,
     pub sinks: BTreeMap<String, SinkDef>,
@@ -104,7 +106,7 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
-const SECTIONS: &[&str] = &["agent", "sources", "channels", "sinks"];
+const SECTIONS: &[&str] = &["agent", "http", "sources", "channels", "sinks"];
 
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let origin = path.display().to_string();
@@ -144,6 +146,16 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
             AgentConfig::default()
         }),
     };
+
+    let http = root
+        .remove("http")
+        .and_then(|v| match deserialize::<HttpConfig>(v) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                errors.push(located("http", e));
+                None
+            }
+        });
 
     let mut sources = BTreeMap::new();
     for (name, table) in section(&mut root, "sources", &mut errors) {
@@ -240,6 +252,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
 
     let config = Config {
         agent,
+        http,
         sources,
         channels,
         sinks,
@@ -446,21 +459,27 @@ fn check_wiring(config: &Config, declared: &Declared) -> Vec<ConfigError> {
     }
 
     let mut listeners: Vec<(String, SocketAddr)> = Vec::new();
-    let addrs = config
-        .sources
+    let http = config
+        .http
         .iter()
-        .flat_map(|(n, s)| {
-            s.config
-                .listen_addrs()
-                .into_iter()
-                .map(move |(k, a)| (format!("sources.{n}.{k}"), a))
-        })
-        .chain(config.sinks.iter().flat_map(|(n, s)| {
-            s.config
-                .listen_addrs()
-                .into_iter()
-                .map(move |(k, a)| (format!("sinks.{n}.{k}"), a))
-        }));
+        .map(|h| ("http.bind".to_string(), h.bind));
+    let addrs = http.chain(
+        config
+            .sources
+            .iter()
+            .flat_map(|(n, s)| {
+                s.config
+                    .listen_addrs()
+                    .into_iter()
+                    .map(move |(k, a)| (format!("sources.{n}.{k}"), a))
+            })
+            .chain(config.sinks.iter().flat_map(|(n, s)| {
+                s.config
+                    .listen_addrs()
+                    .into_iter()
+                    .map(move |(k, a)| (format!("sinks.{n}.{k}"), a))
+            })),
+    );
     for (path, addr) in addrs {
         if addr.port() != 0 {
             if let Some((other, _)) = listeners.iter().find(|(_, a)| clashes(*a, addr)) {
@@ -526,6 +545,26 @@ mod tests {
     #[test]
     fn the_embedded_default_is_valid() {
         parse(crate::DEFAULT_CONFIG, "<embedded default>").unwrap();
+    }
+
+    #[test]
+    fn every_example_in_conf_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                if let Err(e) = load_file(&path) {
+                    panic!("{e}");
+                }
+                checked += 1;
+            }
+        }
+        assert!(
+            checked >= 3,
+            "only {checked} examples found in {}",
+            dir.display()
+        );
     }
 
     #[test]

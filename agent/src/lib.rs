@@ -1,9 +1,13 @@
 //! The `weir` agent: command line, TOML config and its validation, and the topology that wires
 //! sources, channels and sinks together, supervises them and shuts them down in order.
 
+pub mod bench;
 pub mod components;
 pub mod config;
+pub mod http;
 pub mod logging;
+pub mod poll;
+pub mod send;
 pub mod topology;
 
 /// The embedded default config (`conf/weir.toml`), used by `weir run` without `--config`.

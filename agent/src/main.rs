@@ -34,6 +34,13 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Send lines as events to an Avro source (like `flume-ng avro-client`).
+    Send(weir::send::SendArgs),
+    /// Poll a spark sink (Spark's Flume polling protocol) and print the events.
+    Poll(weir::poll::PollArgs),
+    /// Load generators that measure a running agent.
+    #[command(subcommand)]
+    Bench(weir::bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +52,23 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(errors) => report(&errors),
+        },
+        Command::Send(args) => client_command(|| async {
+            let sent = weir::send::run(args).await?;
+            eprintln!("weir send: {sent} events acknowledged");
+            Ok(())
+        }),
+        Command::Poll(args) => client_command(|| async {
+            let got = weir::poll::run(args).await?;
+            eprintln!("weir poll: {got} events received");
+            Ok(())
+        }),
+        Command::Bench(cmd) => match weir::bench::run(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
         },
         Command::Run { config } => {
             let loaded = match &config {
@@ -66,6 +90,26 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Runs a one-shot client command on a small runtime; errors go to stderr with exit 1.
+fn client_command<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(f()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

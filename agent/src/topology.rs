@@ -17,6 +17,7 @@ use weir_core::metrics::{ComponentMetrics, MetricName, Registry};
 use weir_core::{Channel, ChannelProcessor, ComponentError, SinkContext, SourceContext};
 
 use crate::config::Config;
+use crate::http::{now_ms, StatusState};
 
 /// A component that ran at least this long before failing starts again from the shortest
 /// backoff.
@@ -118,6 +119,33 @@ impl Topology {
             );
         }
 
+        let http_stop = CancellationToken::new();
+        let http =
+            self.config.http.clone().map(|cfg| {
+                let mut components: Vec<(&'static str, String)> = self
+                    .config
+                    .sources
+                    .keys()
+                    .map(|id| ("source", id.clone()))
+                    .collect();
+                components.extend(self.config.sinks.keys().map(|id| ("sink", id.clone())));
+                let state = StatusState {
+                    registry: self.registry.clone(),
+                    channels: Arc::new(self.channels.clone()),
+                    components: Arc::new(components),
+                    started_ms: now_ms(),
+                };
+                let stop = http_stop.clone();
+                tokio::spawn(
+                async move {
+                    if let Err(e) = crate::http::serve(cfg, state, stop).await {
+                        error!(message = "http status server failed", error = %format!("{e:#}"));
+                    }
+                }
+                .instrument(tracing::error_span!("component", kind = "http", id = "http")),
+            )
+            });
+
         info!(message = "agent started", agent = %self.config.agent.name, components = %self.config.summary());
         stop.await;
 
@@ -137,6 +165,10 @@ impl Topology {
             if left > 0 && !channel.is_durable() {
                 error!(message = "events lost at shutdown: memory channel not drained", channel = %name, events = left);
             }
+        }
+        http_stop.cancel();
+        if let Some(task) = http {
+            let _ = task.await;
         }
         info!("stopped");
         Ok(())

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 use weir_core::metrics::{ComponentMetrics, MetricName};
 
 use crate::ipfilter::IpFilter;
@@ -101,22 +101,26 @@ pub async fn serve<R: Responder + 'static>(
         };
         let (server, responder, options) = (server.clone(), responder.clone(), options.clone());
         let (open, errors, stop) = (open.clone(), errors.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            let _permit = permit;
-            connection(
-                tcp,
-                peer,
-                &conn,
-                &options,
-                &server,
-                &*responder,
-                &stop,
-                &errors,
-            )
-            .await;
-            responder.connection_closed(&conn);
-            open.add(-1);
-        });
+        // tokio::spawn does not inherit spans: carry the component's span (kind, id) along.
+        tasks.spawn(
+            async move {
+                let _permit = permit;
+                connection(
+                    tcp,
+                    peer,
+                    &conn,
+                    &options,
+                    &server,
+                    &*responder,
+                    &stop,
+                    &errors,
+                )
+                .await;
+                responder.connection_closed(&conn);
+                open.add(-1);
+            }
+            .instrument(tracing::Span::current()),
+        );
     }
     drop(listener);
     debug!(

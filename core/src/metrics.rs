@@ -17,6 +17,7 @@ pub enum MetricName {
     ConnectionsOpen,
     ErrorsTotal,
     ComponentRestartsTotal,
+    TransactionTimeoutsTotal,
     ChannelEvents,
 }
 
@@ -33,6 +34,7 @@ impl MetricName {
             MetricName::ConnectionsOpen => "weir_connections_open",
             MetricName::ErrorsTotal => "weir_errors_total",
             MetricName::ComponentRestartsTotal => "weir_component_restarts_total",
+            MetricName::TransactionTimeoutsTotal => "weir_transaction_timeouts_total",
             MetricName::ChannelEvents => "weir_channel_events",
         }
     }

@@ -1,5 +1,7 @@
 //! weir's sinks. Each drains exactly one channel: take a batch, deliver it, commit; a failed
 //! delivery rolls the batch back so it is delivered again.
 
+pub mod avro;
 pub mod console;
 pub mod null;
+pub mod spark;

@@ -2,5 +2,7 @@
 //! channels through a [`weir_core::ChannelProcessor`], answering its client only after the put
 //! succeeded.
 
-pub mod taildir;
+pub mod avro;
+pub mod spark_pull;
+pub mod udp;
 pub mod tcp;

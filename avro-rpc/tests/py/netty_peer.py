@@ -9,6 +9,9 @@ sync flush per pack, like Flume's compression-type=deflate), uses avro.ipc's han
 for the first exchange, and avro.ipc's call encoding without handshake afterwards.
 
 Usage:
+  Options --tls (client: TLS without verification, like trust-all-certs) and
+  --tls-cert FILE --tls-key FILE (server) wrap the socket in TLS, outside the zlib stream.
+
   netty_peer.py client PROTOCOL.avpr PORT [--deflate] [--batches N] [--events M]
       connect to 127.0.0.1:PORT, send N appendBatch calls of M events, then one append;
       print one JSON line {"results": [...]}.
@@ -25,6 +28,7 @@ import io
 import json
 import signal
 import socket
+import ssl
 import struct
 import sys
 import zlib
@@ -119,9 +123,18 @@ class StatefulRequestor(avro.ipc.Requestor):
         return self.read_call_response(message_name, avro.io.BinaryDecoder(io.BytesIO(response)))
 
 
+TLS = {"client": False, "cert": None, "key": None}
+
+
 def connect(port, deflate):
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if TLS["client"]:
+        # Like Flume's trust-all-certs: encrypt, do not authenticate (test certificates).
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        sock = ctx.wrap_socket(sock, server_hostname="localhost")
     return Conn(sock, deflate)
 
 
@@ -160,6 +173,10 @@ def run_server(proto, deflate):
     listener.listen(1)
     print("PORT %d" % listener.getsockname()[1], flush=True)
     sock, _ = listener.accept()
+    if TLS["cert"]:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(TLS["cert"], TLS["key"])
+        sock = ctx.wrap_socket(sock, server_side=True)
     conn = Conn(sock, deflate)
     responder = avro.ipc.Responder(proto)
     remote = None
@@ -196,6 +213,10 @@ def main(argv):
     with open(proto_path) as f:
         proto = avro.protocol.parse(f.read())
     deflate = "--deflate" in argv
+    TLS["client"] = "--tls" in argv
+    if "--tls-cert" in argv:
+        TLS["cert"] = argv[argv.index("--tls-cert") + 1]
+        TLS["key"] = argv[argv.index("--tls-key") + 1]
 
     def opt(name, default):
         return int(argv[argv.index(name) + 1]) if name in argv else default

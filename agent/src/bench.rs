@@ -1,0 +1,232 @@
+//! `weir bench`: load generators that drive a running agent and report throughput, call
+//! latency percentiles and the agent's peak RSS. Results belong in BENCHMARKS.md with the exact
+//! command; nothing here asserts a speed.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use weir_avro_rpc::client::{ClientOptions, RpcClient};
+use weir_avro_rpc::datum::{self, Reader, Status};
+use weir_avro_rpc::protocol::Protocol;
+use weir_avro_rpc::transport::{ClientLayers, Layering};
+use weir_core::{Event, Headers};
+
+use crate::send::CompressionArg;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Push load: appendBatch calls to an Avro source.
+    Avro(AvroBenchArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct AvroBenchArgs {
+    /// The Avro source, `host:port`.
+    #[arg(long, default_value = "127.0.0.1:41414")]
+    pub target: String,
+    /// Concurrent connections, one outstanding call each.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Events per appendBatch.
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 200)]
+    pub body_bytes: usize,
+    /// Headers per event.
+    #[arg(long, default_value_t = 2)]
+    pub headers: usize,
+    /// Total events to send (rounded up to whole batches per connection).
+    #[arg(long, default_value_t = 10_000_000)]
+    pub events: u64,
+    /// Offered load in events/s across all connections; 0 = as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Stop after this many seconds even if not all events were sent.
+    #[arg(long, default_value_t = 300)]
+    pub max_seconds: u64,
+    #[arg(long, value_enum, default_value = "none")]
+    pub compression: CompressionArg,
+    /// The agent's process id, to report its peak RSS (VmHWM) and current RSS.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Generator threads (keep it low: the agent needs the other core).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Avro(args) => {
+            let runtime = if args.threads <= 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(args.threads)
+                    .enable_all()
+                    .build()?
+            };
+            runtime.block_on(avro(args))
+        }
+    }
+}
+
+/// The same batch every call: the generator's cost stays out of the measurement.
+fn sample_batch(args: &AvroBenchArgs) -> Bytes {
+    let mut headers = Headers::new();
+    for i in 0..args.headers {
+        headers.insert(format!("header{i}"), format!("value-{i:06}"));
+    }
+    let body: Vec<u8> = (0..args.body_bytes)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect();
+    let event = Event {
+        headers,
+        body: Bytes::from(body),
+    };
+    let events = vec![event; args.batch_size];
+    datum::encode_events(&events)
+}
+
+struct ConnResult {
+    latencies: Histogram<u64>,
+    events: u64,
+    refused: u64,
+}
+
+async fn avro(args: AvroBenchArgs) -> anyhow::Result<()> {
+    if args.connections == 0 || args.batch_size == 0 {
+        bail!("--connections and --batch-size must be at least 1");
+    }
+    let params = sample_batch(&args);
+    let per_conn_batches = args
+        .events
+        .div_ceil(args.batch_size as u64 * args.connections as u64);
+    println!(
+        "weir bench avro → {}: {} connections, batch {}, {}-byte bodies, {} headers, {} events, rate {}, compression {:?}",
+        args.target,
+        args.connections,
+        args.batch_size,
+        args.body_bytes,
+        args.headers,
+        per_conn_batches * args.batch_size as u64 * args.connections as u64,
+        if args.rate == 0 { "max".to_string() } else { format!("{}/s", args.rate) },
+        args.compression,
+    );
+    let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.connections {
+        let args = args.clone();
+        let params = params.clone();
+        tasks.push(tokio::spawn(async move {
+            connection(args, params, per_conn_batches, deadline).await
+        }));
+    }
+    let mut latencies = Histogram::<u64>::new(3)?;
+    let (mut events, mut refused) = (0u64, 0u64);
+    for t in tasks {
+        let r = t.await??;
+        latencies.add(&r.latencies)?;
+        events += r.events;
+        refused += r.refused;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let body_mb = events as f64 * args.body_bytes as f64 / 1e6;
+    let wire_mb = (events / args.batch_size as u64) as f64 * params.len() as f64 / 1e6;
+    println!("sent {events} events ({refused} batches refused) in {secs:.2} s");
+    println!(
+        "throughput: {:.0} events/s, {:.1} MB/s of bodies, {:.1} MB/s of Avro payload",
+        events as f64 / secs,
+        body_mb / secs,
+        wire_mb / secs
+    );
+    let ms = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "appendBatch latency: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        latencies.max() as f64 / 1000.0
+    );
+    if let Some(pid) = args.pid {
+        println!("{}", rss_report(pid)?);
+    }
+    Ok(())
+}
+
+async fn connection(
+    args: AvroBenchArgs,
+    params: Bytes,
+    batches: u64,
+    deadline: Instant,
+) -> anyhow::Result<ConnResult> {
+    let tcp = tokio::net::TcpStream::connect(&args.target)
+        .await
+        .with_context(|| format!("cannot connect to {}", args.target))?;
+    tcp.set_nodelay(true)?;
+    let layers = ClientLayers {
+        tls: None,
+        compression: args.compression.into(),
+        level: 6,
+        layering: Layering::default(),
+    };
+    let host = args
+        .target
+        .rsplit_once(':')
+        .map(|(h, _)| h.to_string())
+        .unwrap_or_default();
+    let stream = layers.wrap(tcp, &host).await?;
+    let mut client = RpcClient::new(stream, Protocol::flume(), ClientOptions::default());
+    let mut latencies = Histogram::<u64>::new(3)?;
+    let mut pace = (args.rate > 0).then(|| {
+        let per_conn = args.rate as f64 / args.connections as f64;
+        tokio::time::interval(Duration::from_secs_f64(args.batch_size as f64 / per_conn))
+    });
+    let (mut events, mut refused) = (0u64, 0u64);
+    for _ in 0..batches {
+        if Instant::now() >= deadline {
+            break;
+        }
+        if let Some(p) = pace.as_mut() {
+            p.tick().await;
+        }
+        let t0 = Instant::now();
+        let reply = client
+            .call("appendBatch", params.clone())
+            .await
+            .context("appendBatch")?;
+        latencies.record(t0.elapsed().as_micros() as u64)?;
+        match Reader::new(reply).read_status()? {
+            Status::Ok => events += args.batch_size as u64,
+            _ => refused += 1,
+        }
+    }
+    Ok(ConnResult {
+        latencies,
+        events,
+        refused,
+    })
+}
+
+/// `peak RSS` (VmHWM) and current RSS (VmRSS) of a process, from /proc.
+pub fn rss_report(pid: u32) -> anyhow::Result<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("no process {pid}"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(format!(
+        "agent pid {pid}: peak RSS {:.1} MiB (VmHWM), RSS now {:.1} MiB",
+        field("VmHWM:") as f64 / 1024.0,
+        field("VmRSS:") as f64 / 1024.0
+    ))
+}
