@@ -390,6 +390,20 @@ impl FileChannel {
         std::thread::Builder::new()
             .name(format!("weir-wal-{name}"))
             .spawn(move || {
+                // Should the writer ever panic, close the queue on the way out so that puts
+                // fail with `Closed` instead of waiting forever.
+                struct CloseOnExit(Arc<Inner>);
+                impl Drop for CloseOnExit {
+                    fn drop(&mut self) {
+                        self.0.close_queue();
+                        let ops = std::mem::take(&mut lock(&self.0.queue).ops);
+                        let e = io::Error::other("the log writer stopped");
+                        for op in ops {
+                            op.fail(&e);
+                        }
+                    }
+                }
+                let _guard = CloseOnExit(writer.inner.clone());
                 writer.run();
                 let _ = done_tx.send(());
             })
