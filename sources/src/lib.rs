@@ -4,5 +4,6 @@
 
 pub mod avro;
 pub mod spark_pull;
-pub mod udp;
+pub mod taildir;
 pub mod tcp;
+pub mod udp;
