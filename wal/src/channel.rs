@@ -328,7 +328,26 @@ impl FileChannel {
         dir: &Path,
         config: FileChannelConfig,
     ) -> Result<FileChannel, OpenError> {
-        Self::open_with_storage(name, dir, config, Arc::new(RealFs))
+        // Replay reads the whole live log: do it on a thread of its own, not the runtime's.
+        let (tx, rx) = oneshot::channel();
+        let (n, d) = (name.to_string(), dir.to_path_buf());
+        std::thread::Builder::new()
+            .name(format!("weir-wal-open-{name}"))
+            .spawn(move || {
+                let _ = tx.send(Self::open_with_storage(&n, &d, config, Arc::new(RealFs)));
+            })
+            .map_err(|source| OpenError::Io {
+                channel: name.to_string(),
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        rx.await.unwrap_or_else(|_| {
+            Err(OpenError::Io {
+                channel: name.to_string(),
+                path: dir.to_path_buf(),
+                source: io::Error::other("the replay thread died"),
+            })
+        })
     }
 
     /// Like [`FileChannel::open`] over any [`Storage`] (tests inject faults through it).
