@@ -4,6 +4,7 @@
 
 pub mod avro;
 pub mod spark_pull;
+pub mod spooldir;
 pub mod syslog;
 pub mod taildir;
 pub mod tcp;

@@ -38,7 +38,7 @@
 //! and deleted files keep theirs until released).
 
 mod positions;
-mod reader;
+pub(crate) mod reader;
 mod watcher;
 
 #[cfg(test)]
