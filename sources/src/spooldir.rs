@@ -545,7 +545,6 @@ impl Spooler {
     /// Leaves a file where it is and marks it so it is not picked again.
     fn fail(&mut self, path: &Path, reason: &str) {
         self.c.errors.inc(1);
-        self.src.stats.files_failed.fetch_add(1, Ordering::Relaxed);
         let marker = failed_marker(&self.src.tracker, &self.src.config.dir, path);
         error!(
             message = "spooled file left untouched",
@@ -562,6 +561,7 @@ impl Spooler {
             self.unreadable.insert(path.to_path_buf());
         }
         self.remove_meta();
+        self.src.stats.files_failed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Reads one file from its start (or the resumed position) and retires it.
