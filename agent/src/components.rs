@@ -13,6 +13,7 @@ use weir_sinks::spark::SparkSinkConfig;
 use weir_sources::avro::AvroSourceConfig;
 use weir_sources::spark_pull::SparkPullSourceConfig;
 use weir_sources::tcp::TcpSourceConfig;
+use weir_wal::{FileChannel, FileChannelConfig};
 
 /// A problem in one component table: the key path inside the table (empty for the table
 /// itself) and what is wrong.
@@ -110,14 +111,34 @@ impl SourceConfig {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChannelConfig {
+    File(FileChannelConfig),
     Memory(MemoryChannelConfig),
 }
 
 impl ChannelConfig {
-    pub const TYPES: &'static [&'static str] = &["memory"];
+    pub const TYPES: &'static [&'static str] = &["file", "memory"];
+    /// A channel table without `type` is a file channel: durable unless asked otherwise.
+    pub const DEFAULT_TYPE: &'static str = "file";
 
     pub fn parse(kind: &str, table: toml::Value) -> Result<Self, FieldError> {
         match kind {
+            "file" => {
+                let c: FileChannelConfig = deserialize(table)?;
+                let mut problems = Vec::new();
+                if c.max_events == 0 {
+                    problems.push(("max_events", "must be at least 1".to_string()));
+                }
+                if c.transaction_capacity == 0 {
+                    problems.push(("transaction_capacity", "must be at least 1".to_string()));
+                }
+                if c.segment_bytes.0 < weir_wal::MIN_SEGMENT_BYTES {
+                    problems.push((
+                        "segment_bytes",
+                        format!("must be at least {} bytes", weir_wal::MIN_SEGMENT_BYTES),
+                    ));
+                }
+                checked(c, problems).map(ChannelConfig::File)
+            }
             "memory" => {
                 let c: MemoryChannelConfig = deserialize(table)?;
                 let mut problems = Vec::new();
@@ -135,12 +156,23 @@ impl ChannelConfig {
 
     pub fn type_name(&self) -> &'static str {
         match self {
+            ChannelConfig::File(_) => "file",
             ChannelConfig::Memory(_) => "memory",
         }
     }
 
-    pub async fn build(&self, name: &str) -> anyhow::Result<Arc<dyn Channel>> {
+    /// Opens the channel; a file channel lives in `data_dir/channels/<name>/` and replays its
+    /// log here.
+    pub async fn build(
+        &self,
+        name: &str,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<Arc<dyn Channel>> {
         Ok(match self {
+            ChannelConfig::File(c) => {
+                let dir = data_dir.join("channels").join(name);
+                Arc::new(FileChannel::open(name, &dir, c.clone()).await?)
+            }
             ChannelConfig::Memory(c) => Arc::new(MemoryChannel::new(name, c.clone())),
         })
     }

@@ -199,7 +199,11 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
         let Some(mut table) = component_table(&at, table, &mut errors) else {
             continue;
         };
-        let Some(kind) = take_type(&at, &mut table, &mut errors) else {
+        let kind = match table.contains_key("type") {
+            true => take_type(&at, &mut table, &mut errors),
+            false => Some(ChannelConfig::DEFAULT_TYPE.to_string()),
+        };
+        let Some(kind) = kind else {
             continue;
         };
         match ChannelConfig::parse(&kind, toml::Value::Table(table)) {
@@ -593,7 +597,7 @@ mod tests {
         let e = errors(&GOOD.replace("\"console\"", "\"consol\""));
         assert_eq!(
             e,
-            vec!["sinks.out.type: unknown type `consol`, expected one of: console, null"]
+            vec!["sinks.out.type: unknown type `consol`, expected one of: avro, console, null, spark"]
         );
     }
 

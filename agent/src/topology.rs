@@ -34,9 +34,12 @@ impl Topology {
     pub async fn build(config: Config, registry: Registry) -> anyhow::Result<Self> {
         let mut channels = BTreeMap::new();
         for (name, c) in &config.channels {
-            let channel = c.build(name).await.with_context(|| {
-                format!("channels.{name}: cannot open {} channel", c.type_name())
-            })?;
+            let channel = c
+                .build(name, &config.agent.data_dir)
+                .await
+                .with_context(|| {
+                    format!("channels.{name}: cannot open {} channel", c.type_name())
+                })?;
             channels.insert(name.clone(), channel);
         }
         Ok(Topology {
@@ -165,6 +168,7 @@ impl Topology {
             if left > 0 && !channel.is_durable() {
                 error!(message = "events lost at shutdown: memory channel not drained", channel = %name, events = left);
             }
+            channel.close().await;
         }
         http_stop.cancel();
         if let Some(task) = http {

@@ -109,6 +109,10 @@ pub trait Channel: Send + Sync + 'static {
     /// True when the channel keeps its events across a restart (the file and kafka channels),
     /// so shutdown need not drain it.
     fn is_durable(&self) -> bool;
+
+    /// Called once at shutdown, after the channel's producers and consumer stopped: write out
+    /// and sync whatever is pending.
+    async fn close(&self) {}
 }
 
 /// The channel-specific half of a take transaction.

@@ -110,8 +110,9 @@ fn run_refuses_an_invalid_config_with_the_same_errors() {
 #[test]
 fn the_embedded_default_prints_what_it_receives_on_44444() {
     // The default config is compiled in; run it through the harness by copying it verbatim.
-    let default = include_str!("../../conf/weir.toml");
-    let agent = Agent::start(default);
+    let default = include_str!("../../conf/weir.toml")
+        .replace("data_dir = \"weir-data\"", "data_dir = \"{dir}/data\"");
+    let agent = Agent::start(&default);
     let addr = agent.listen_addr("lines");
     assert_eq!(addr.port(), 44444);
     let hint = agent
@@ -135,8 +136,10 @@ fn the_embedded_default_prints_what_it_receives_on_44444() {
 fn run_without_config_uses_the_embedded_default() {
     // Only checks that it starts and stops cleanly (port 44444 may be taken by the test above,
     // in which case the tcp source restarts with backoff, which is fine here).
+    let cwd = tempfile::tempdir().unwrap();
     let child = std::process::Command::new(weir_tests::weir_bin())
         .args(["run", "--log-format", "json"])
+        .current_dir(cwd.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

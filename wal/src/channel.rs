@@ -674,6 +674,10 @@ impl Channel for FileChannel {
     fn is_durable(&self) -> bool {
         true
     }
+
+    async fn close(&self) {
+        FileChannel::close(self).await;
+    }
 }
 
 struct FileTake {
