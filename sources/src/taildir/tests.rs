@@ -751,3 +751,67 @@ async fn a_big_file_is_delivered_completely() {
     );
     h.stop().await;
 }
+
+/// Throughput of taildir → memory channel → a null consumer (take + commit, no inspection),
+/// one file of 120-byte lines. Run with
+/// `WEIR_TAILDIR_BENCH_MIB=1024 cargo test --release -p weir-sources --lib taildir_throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run explicitly in release"]
+async fn taildir_throughput() {
+    let mib: u64 = std::env::var("WEIR_TAILDIR_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let interval_ms: u64 = std::env::var("WEIR_TAILDIR_BENCH_POS_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut h = Harness::with_channel(
+        &["bench.log"],
+        MemoryChannelConfig {
+            max_events: 100_000,
+            max_bytes: weir_core::ByteSize(256 << 20),
+            transaction_capacity: 10_000,
+        },
+    );
+    h.cfg = TaildirSourceConfig {
+        paths: h.cfg.paths.clone(),
+        position_interval: ConfigDuration::from_millis(interval_ms),
+        ..TaildirSourceConfig::from_paths(Vec::new())
+    };
+    let path = h.path("bench.log");
+    let total_lines = mib * (1 << 20) / 120;
+    {
+        let mut f = std::io::BufWriter::with_capacity(8 << 20, fs::File::create(&path).unwrap());
+        let line = format!("{}\n", "y".repeat(119));
+        for _ in 0..total_lines {
+            f.write_all(line.as_bytes()).unwrap();
+        }
+        f.flush().unwrap();
+    }
+    let t = Instant::now();
+    h.start();
+    let mut count = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while count < total_lines {
+        assert!(
+            Instant::now() < deadline,
+            "timed out at {count}/{total_lines}"
+        );
+        match h.channel.take(10_000).await.unwrap() {
+            Some(tx) => {
+                count += tx.len() as u64;
+                tx.commit().await.unwrap();
+            }
+            None => h.channel.wait_for_events().await,
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "taildir throughput: {mib} MiB, {total_lines} lines of 120 B in {secs:.2}s = {:.0} MB/s, {:.0} lines/s (position_interval {interval_ms} ms, {} position writes)",
+        (total_lines * 120) as f64 / secs / 1e6,
+        total_lines as f64 / secs,
+        TaildirStats::get(&h.stats().position_writes)
+    );
+    h.stop().await;
+}
