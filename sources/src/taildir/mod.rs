@@ -249,56 +249,55 @@ impl TaildirSourceConfig {
         }
     }
 
-    /// Settings that deserialize but make no sense, with the key they belong to.
-    pub fn check(&self) -> Vec<(String, String)> {
+    /// Settings that deserialize but make no sense, with the key they belong to (a pattern's
+    /// index or group is named in the message).
+    pub fn check(&self) -> Vec<(&'static str, String)> {
         let mut errors = Vec::new();
         if self.paths.is_empty() && self.groups.is_empty() {
             errors.push((
-                "paths".to_string(),
+                "paths",
                 "give at least one pattern in `paths` or in a group".to_string(),
             ));
         }
-        for (key, i, text) in self.all_patterns() {
+        for (key, at, text) in self.all_patterns() {
             if let Err(e) = Pattern::new(0, text) {
-                errors.push((format!("{key}[{i}]"), e.to_string()));
+                errors.push((key, format!("{at}: {e}")));
             }
         }
         for (name, g) in &self.groups {
             if g.paths.is_empty() {
-                errors.push((format!("groups.{name}.paths"), "must not be empty".into()));
+                errors.push(("groups", format!("{name}.paths must not be empty")));
             }
         }
         if self.batch_size == 0 {
-            errors.push(("batch_size".into(), "must be at least 1".into()));
+            errors.push(("batch_size", "must be at least 1".into()));
         }
         if self.max_line_bytes.0 == 0 {
-            errors.push(("max_line_bytes".into(), "must be at least 1".into()));
+            errors.push(("max_line_bytes", "must be at least 1".into()));
         }
         if self.read_buffer.0 < 4096 || self.read_buffer.0 > (64 << 20) {
-            errors.push((
-                "read_buffer".into(),
-                "must be between 4KiB and 64MiB".into(),
-            ));
+            errors.push(("read_buffer", "must be between 4KiB and 64MiB".into()));
         }
         if self.max_open_files == 0 {
-            errors.push(("max_open_files".into(), "must be at least 1".into()));
+            errors.push(("max_open_files", "must be at least 1".into()));
         }
         if self.poll_interval.0.is_zero() {
-            errors.push(("poll_interval".into(), "must be more than 0s".into()));
+            errors.push(("poll_interval", "must be more than 0s".into()));
         }
         errors
     }
 
-    fn all_patterns(&self) -> Vec<(String, usize, &str)> {
-        let mut out: Vec<(String, usize, &str)> = self
+    /// Every pattern with its key and position (`[0]`, `web.paths[1]`).
+    fn all_patterns(&self) -> Vec<(&'static str, String, &str)> {
+        let mut out: Vec<(&'static str, String, &str)> = self
             .paths
             .iter()
             .enumerate()
-            .map(|(i, p)| ("paths".to_string(), i, p.as_str()))
+            .map(|(i, p)| ("paths", format!("[{i}]"), p.as_str()))
             .collect();
         for (name, g) in &self.groups {
             for (i, p) in g.paths.iter().enumerate() {
-                out.push((format!("groups.{name}.paths"), i, p.as_str()));
+                out.push(("groups", format!("{name}.paths[{i}]"), p.as_str()));
             }
         }
         out

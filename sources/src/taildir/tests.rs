@@ -815,3 +815,32 @@ async fn taildir_throughput() {
     );
     h.stop().await;
 }
+
+#[test]
+fn config_parses_with_defaults_and_reports_bad_patterns() {
+    let cfg: TaildirSourceConfig = toml::from_str(
+        r#"
+        paths = ["/var/log/app/*.log", "relative/*.log"]
+        start_at = "end"
+        max_line_bytes = "64KiB"
+        [groups.web]
+        paths = ["/srv/web/**/*.log"]
+        headers = { topic = "web" }
+        "#,
+    )
+    .unwrap();
+    assert_eq!(cfg.batch_size, 1000);
+    assert_eq!(cfg.start_at, StartAt::End);
+    assert_eq!(cfg.max_line_bytes.0, 64 << 10);
+    let problems = cfg.check();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].0, "paths");
+    assert!(problems[0].1.starts_with("[1]: "), "{}", problems[0].1);
+    let e =
+        toml::from_str::<TaildirSourceConfig>("paths = [\"/a\"]\nskipToEnd = true").unwrap_err();
+    assert!(e.to_string().contains("unknown field"), "{e}");
+    assert_eq!(
+        cfg.resolve_position_file(Path::new("/var/lib/weir"), "app_logs"),
+        Path::new("/var/lib/weir/taildir/app_logs.json")
+    );
+}
