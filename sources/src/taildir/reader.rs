@@ -54,6 +54,9 @@ pub struct FileReader {
 /// truncated line goes on for gigabytes.
 const MAX_READS_PER_FILL: usize = 16;
 
+/// Smallest block allocated for reading.
+const MIN_BLOCK: usize = 64 * 1024;
+
 impl FileReader {
     pub fn new(
         mut file: File,
@@ -148,15 +151,27 @@ impl FileReader {
         Some(Line { body, offset })
     }
 
+    /// Reads what the file has beyond `read_pos` (up to `read_size`). The file's size is
+    /// asked first, so an idle file costs no read, and only bytes that will be filled are
+    /// zeroed: a trickle of small appends does not memset a whole buffer each time.
     fn read_more(&mut self) -> io::Result<usize> {
-        if self.buf.capacity() - self.buf.len() < self.read_size / 4 {
-            // Earlier chunks live on in frozen lines; this allocates a fresh block and moves
+        let size = self.file.metadata()?.len();
+        if size <= self.read_pos {
+            if self.buf.is_empty() {
+                // Idle and nothing held: give the block back (many idle files stay cheap).
+                self.buf = BytesMut::new();
+            }
+            return Ok(0);
+        }
+        let avail = usize::try_from(size - self.read_pos).unwrap_or(usize::MAX);
+        let want = avail.min(self.read_size);
+        if self.buf.capacity() - self.buf.len() < want {
+            // Earlier blocks live on in frozen lines; this allocates a fresh block and moves
             // only the partial line over.
-            self.buf.reserve(self.read_size);
+            self.buf.reserve(want.max(MIN_BLOCK).min(self.read_size));
         }
         let len = self.buf.len();
-        let room = self.buf.capacity() - len;
-        self.buf.resize(len + room, 0);
+        self.buf.resize(len + want, 0);
         let res = loop {
             match self.file.read(&mut self.buf[len..]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
