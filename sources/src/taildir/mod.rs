@@ -64,7 +64,7 @@ use weir_core::{ByteSize, ComponentError, ConfigDuration, Event, Headers, Source
 pub use positions::PositionEntry;
 pub use reader::LineOverflow;
 
-use positions::PositionFileError;
+use positions::{IdEntry, PositionFileError};
 use reader::{FileReader, Line};
 use watcher::{FileEvents, Found, Pattern, PatternError};
 
@@ -403,10 +403,13 @@ impl TaildirSource {
 impl Source for TaildirSource {
     async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), ComponentError> {
         let position_file = self.position_file.clone();
-        let restored = tokio::task::spawn_blocking(move || positions::load(&position_file))
-            .await
-            .map_err(|e| format!("position file loader panicked: {e}"))??;
-        let tailer = Tailer::new(*self, &cx, restored);
+        let (restored, ids) = tokio::task::spawn_blocking(move || {
+            positions::load(&position_file).map(|r| (r, positions::load_ids(&position_file)))
+        })
+        .await
+        .map_err(|e| format!("position file loader panicked: {e}"))??;
+        let mut tailer = Tailer::new(*self, &cx, restored);
+        tailer.restored_ids = ids;
         tailer.run(&cx).await
     }
 }
@@ -489,6 +492,9 @@ struct Tailer {
     cursor: usize,
     open_files: usize,
     restored: Option<Vec<PositionEntry>>,
+    restored_ids: Vec<IdEntry>,
+    /// The `.ids` sidecar as last written, so it is rewritten only when it changes.
+    last_ids: Vec<u8>,
     events: FileEvents,
     next_scan: Instant,
     positions_dirty: bool,
@@ -523,6 +529,8 @@ impl Tailer {
             cursor: 0,
             open_files: 0,
             restored: Some(restored),
+            restored_ids: Vec::new(),
+            last_ids: Vec::new(),
             events,
             next_scan: Instant::now(),
             positions_dirty: false,
@@ -593,9 +601,8 @@ impl Tailer {
         self.refresh_paths();
         match self.encode_positions() {
             Ok(bytes) => {
-                let path = self.position_file.clone();
-                let res =
-                    tokio::task::spawn_blocking(move || positions::store(&path, &bytes)).await;
+                let write = self.position_writer(bytes, true);
+                let res = tokio::task::spawn_blocking(write).await;
                 match res {
                     Ok(Ok(())) => {
                         self.stats.position_writes.fetch_add(1, Ordering::Relaxed);
@@ -653,6 +660,7 @@ impl Tailer {
             Ok(Err(e)) => {
                 self.counters.errors.inc(1);
                 self.positions_dirty = true;
+                self.last_ids.clear();
                 error!(message = "position write failed; will retry", error = %e);
             }
             Err(e) => {
@@ -690,10 +698,43 @@ impl Tailer {
         };
         self.positions_dirty = false;
         self.last_position_write = Some(Instant::now());
+        let write = self.position_writer(bytes, false);
+        self.position_write = Some(tokio::task::spawn_blocking(write));
+    }
+
+    /// The blocking write of the positions, preceded by the `.ids` sidecar when it changed
+    /// (or always, with `force`).
+    fn position_writer(
+        &mut self,
+        positions_bytes: Vec<u8>,
+        force: bool,
+    ) -> impl FnOnce() -> Result<(), PositionFileError> + Send + 'static {
+        let mut ids: Vec<IdEntry> = self
+            .files
+            .iter()
+            .filter(|(_, t)| t.fp.len > 0)
+            .map(|(k, t)| IdEntry {
+                inode: k.1,
+                dev: k.0,
+                fp_len: t.fp.len,
+                fp_crc: t.fp.crc,
+            })
+            .collect();
+        ids.sort_by_key(|i| (i.inode, i.dev));
+        let ids_bytes = serde_json::to_vec(&ids).unwrap_or_default();
+        let ids_write = if force || ids_bytes != self.last_ids {
+            self.last_ids.clone_from(&ids_bytes);
+            Some(ids_bytes)
+        } else {
+            None
+        };
         let path = self.position_file.clone();
-        self.position_write = Some(tokio::task::spawn_blocking(move || {
-            positions::store(&path, &bytes)
-        }));
+        move || {
+            if let Some(ids) = ids_write {
+                positions::store(&positions::ids_path(&path), &ids)?;
+            }
+            positions::store(&path, &positions_bytes)
+        }
     }
 
     /// Lists the files, follows renames, detects truncation, starts new files, notices
@@ -730,6 +771,19 @@ impl Tailer {
         Ok(())
     }
 
+    /// The stored fingerprint of a restored inode on this device, and whether the file at
+    /// `path` still has it (`None`: no fingerprint stored, or the file cannot be read).
+    fn same_as_stored(&self, dev: u64, ino: u64, path: &Path) -> Option<bool> {
+        let id = self
+            .restored_ids
+            .iter()
+            .find(|i| i.inode == ino && i.dev == dev)?;
+        let fp = File::open(path)
+            .and_then(|file| fingerprint(&file, id.fp_len))
+            .ok()?;
+        Some(fp.len == id.fp_len && fp.crc == id.fp_crc)
+    }
+
     fn start_position(
         &self,
         first_scan: bool,
@@ -737,29 +791,62 @@ impl Tailer {
         restored: &[PositionEntry],
         used: &mut [bool],
     ) -> u64 {
-        let hit = restored
+        let fresh = if first_scan && self.cfg.start_at == StartAt::End {
+            f.size
+        } else {
+            0
+        };
+        let exact = restored
             .iter()
             .position(|e| e.inode == f.ino && Path::new(&e.file) == f.path);
-        if let Some(i) = hit {
-            used[i] = true;
-            let pos = restored[i].pos;
-            if pos > f.size {
-                warn!(
-                    message = "file shrank while stopped; reading it from the start",
-                    path = %f.path.display(),
-                    position = pos,
-                    size = f.size
-                );
-                self.stats.truncations.fetch_add(1, Ordering::Relaxed);
-                return 0;
+        let hit = match exact {
+            Some(i) => {
+                used[i] = true;
+                if self.same_as_stored(f.dev, f.ino, &f.path) == Some(false) {
+                    warn!(
+                        message = "file replaced while stopped (same path and inode, other content); reading it from the start",
+                        path = %f.path.display()
+                    );
+                    return 0;
+                }
+                Some(i)
             }
-            debug!(message = "resuming file", path = %f.path.display(), position = pos);
-            return pos;
+            None => {
+                // Renamed while stopped: same inode elsewhere, and the fingerprint proves it.
+                let moved = restored
+                    .iter()
+                    .enumerate()
+                    .position(|(i, e)| !used[i] && e.inode == f.ino)
+                    .filter(|_| self.same_as_stored(f.dev, f.ino, &f.path) == Some(true));
+                if let Some(i) = moved {
+                    used[i] = true;
+                    info!(
+                        message = "rotation followed while stopped: file renamed",
+                        from = %restored[i].file,
+                        to = %f.path.display(),
+                        position = restored[i].pos
+                    );
+                    self.stats.renames.fetch_add(1, Ordering::Relaxed);
+                }
+                moved
+            }
+        };
+        let Some(i) = hit else {
+            return fresh;
+        };
+        let pos = restored[i].pos;
+        if pos > f.size {
+            warn!(
+                message = "file shrank while stopped; reading it from the start",
+                path = %f.path.display(),
+                position = pos,
+                size = f.size
+            );
+            self.stats.truncations.fetch_add(1, Ordering::Relaxed);
+            return 0;
         }
-        if first_scan && self.cfg.start_at == StartAt::End {
-            return f.size;
-        }
-        0
+        debug!(message = "resuming file", path = %f.path.display(), position = pos);
+        pos
     }
 
     /// Entries whose file still has the same inode at the recorded path but no longer matches
@@ -774,7 +861,7 @@ impl Tailer {
             if meta.ino() != e.inode || !meta.is_file() || self.files.contains_key(&key) {
                 continue;
             }
-            if e.pos >= meta.size() {
+            if e.pos >= meta.size() || self.same_as_stored(key.0, key.1, &path) == Some(false) {
                 continue;
             }
             info!(

@@ -17,6 +17,13 @@
 //! * Flume's file has no version field and its reader rejects unknown keys, so weir writes
 //!   exactly these three keys. The file fingerprint weir uses at run time (to catch inode reuse
 //!   and copytruncate) is therefore not persisted; see the module docs of `taildir`.
+//! * Beside it, `<file>.ids` (weir's own, Flume ignores it) records each tracked file's device
+//!   and fingerprint (length and CRC32 of its first bytes, up to 1 KiB):
+//!   `[{"inode":…,"dev":…,"fp_len":…,"fp_crc":…}]`. It is rewritten (atomically, before the
+//!   position file) only when it changes. With it a restart tells a file renamed while weir was
+//!   stopped (same inode and fingerprint, new path: resumed) from a new file that reuses an old
+//!   inode (fingerprint differs: read from the start). Without it (a Flume file) the Flume rule
+//!   applies: inode and path must both match.
 //! * Loading: a missing or empty file means "no positions". A file that is not valid JSON of
 //!   this shape is logged as corrupt, kept aside as `<file>.corrupt`, and ignored (every file is
 //!   then read from its start position: duplicates, never loss).
@@ -34,6 +41,35 @@ pub struct PositionEntry {
     pub inode: u64,
     pub pos: u64,
     pub file: String,
+}
+
+/// One entry of the `.ids` sidecar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdEntry {
+    pub inode: u64,
+    pub dev: u64,
+    pub fp_len: u64,
+    pub fp_crc: u32,
+}
+
+pub fn ids_path(position_file: &Path) -> PathBuf {
+    with_suffix(position_file, ".ids")
+}
+
+/// Reads the `.ids` sidecar; anything unreadable means "no fingerprints" (logged).
+pub fn load_ids(position_file: &Path) -> Vec<IdEntry> {
+    let path = ids_path(position_file);
+    match fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            error!(message = "fingerprint file corrupt; ignored", path = %path.display(), error = %e);
+            Vec::new()
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            error!(message = "cannot read fingerprint file; ignored", path = %path.display(), error = %e);
+            Vec::new()
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -844,3 +844,93 @@ fn config_parses_with_defaults_and_reports_bad_patterns() {
         Path::new("/var/lib/weir/taildir/app_logs.json")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_while_stopped_is_followed_by_fingerprint() {
+    let mut h = Harness::new(&["app.log*"]);
+    let log = h.path("app.log");
+    let mut expected = lines("w", 0..300);
+    append(&log, &expected);
+    h.start();
+    h.wait_all(&expected).await;
+    h.stop().await;
+    assert!(positions::ids_path(&h.position_file).exists());
+    // logrotate runs while weir is stopped.
+    fs::rename(&log, h.path("app.log.1")).unwrap();
+    let tail = lines("w", 300..350);
+    append(&h.path("app.log.1"), &tail);
+    expected.extend(tail);
+    let new = lines("w", 350..450);
+    append(&log, &new);
+    expected.extend(new);
+    h.start();
+    h.wait_all(&expected).await;
+    assert_eq!(
+        h.check(&expected),
+        0,
+        "a file renamed while stopped is not read again"
+    );
+    assert!(TaildirStats::get(&h.stats().renames) >= 1);
+
+    // The same across a crash: only lines committed after the last position write repeat.
+    let more = lines("w", 450..700);
+    append(&log, &more);
+    expected.extend(more);
+    h.wait_all(&expected).await;
+    // Let the position write that follows the commit land, then crash.
+    let size = fs::metadata(&log).unwrap().len();
+    let pos_file = h.position_file.clone();
+    h.wait_until("the position file to catch up", |_| {
+        fs::read(&pos_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Vec<PositionEntry>>(&b).ok())
+            .is_some_and(|e| e.iter().any(|e| e.pos == size))
+    })
+    .await;
+    h.crash().await;
+    fs::rename(&log, h.path("app.log.2")).unwrap();
+    let after = lines("w", 700..720);
+    append(&log, &after);
+    expected.extend(after);
+    h.start();
+    h.wait_all(&expected).await;
+    assert_eq!(
+        h.check(&expected),
+        0,
+        "positions were written before the crash; the renamed file resumes"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inode_reused_at_the_same_path_is_read_from_the_start() {
+    let mut h = Harness::new(&["*.log"]);
+    let log = h.path("reuse.log");
+    let all = lines("u", 0..100);
+    append(&log, &all);
+    let meta = fs::metadata(&log).unwrap();
+    fs::create_dir_all(h.position_file.parent().unwrap()).unwrap();
+    // Positions say 50 lines were read from this inode at this path, but the stored
+    // fingerprint belongs to other content: a new file got the old inode.
+    let entries = vec![PositionEntry {
+        inode: meta.ino(),
+        pos: 50 * (all[0].len() as u64 + 1),
+        file: log.display().to_string(),
+    }];
+    fs::write(&h.position_file, positions::encode(&entries).unwrap()).unwrap();
+    let ids = vec![positions::IdEntry {
+        inode: meta.ino(),
+        dev: meta.dev(),
+        fp_len: 1024,
+        fp_crc: 0xdead_beef,
+    }];
+    fs::write(
+        positions::ids_path(&h.position_file),
+        serde_json::to_vec(&ids).unwrap(),
+    )
+    .unwrap();
+    h.start();
+    h.wait_all(&all).await;
+    assert_eq!(h.check(&all), 0);
+    h.stop().await;
+}
