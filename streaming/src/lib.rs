@@ -1,0 +1,72 @@
+//! weir's built-in micro-batch engine, with Spark Streaming's semantics
+//! (`/work/shared/spec/spark-streaming-semantics.md`).
+//!
+//! A job has inputs (channels now; Kafka offset ranges later), a batch interval `B`,
+//! operators ([`EventStream`], [`Stream`]) and outputs ([`Output`]). Batch times are the
+//! multiples of `B` since the Unix epoch. The job is one task running strictly one batch at
+//! a time, in batch-time order; a late batch delays the next (scheduling delay), ticks are
+//! never skipped or merged, empty batches are real batches.
+//!
+//! # One batch `T`
+//! 1. **cut**: take up to the batch limit from every input (take transactions);
+//! 2. **journal**: append `{T, input positions}` to `pending` in the manifest (durable);
+//! 3. **compute + outputs**, in definition order; stateful operators update in memory;
+//! 4. **checkpoint** when due (every batch by default, or every `checkpoint_interval`):
+//!    write `state-T.json`, then the manifest naming it with the held batches moved from
+//!    `pending` to `covered`;
+//! 5. **commit** the held batches' inputs, oldest first.
+//!
+//! # Invariants
+//! * **I1** — an input batch is committed only after a checkpoint whose state includes it
+//!   is durable. So a crash never loses a batch's effect on state.
+//! * **I2** — a batch is journaled (time + input positions) before any of its outputs run.
+//!   So every output written by a batch that is not in the state checkpoint can be
+//!   reproduced: same batch time, same events.
+//! * **I3** — the checkpointed state is the state after exactly the batches up to
+//!   `checkpoint_time_ms`; `pending` batches come after it, in order.
+//!
+//! # Recovery (start of [`Job::run`])
+//! * Load the state named by the manifest: the state *before* every `pending` batch.
+//! * `covered` batches are in that state; if an input still starts with one (crash between
+//!   the checkpoint and the commit), it is committed now without being processed again.
+//! * `pending` batches are re-cut (same event count and fingerprint) and run again with their
+//!   original batch times, from that state; outputs are re-written (idempotent for `file`),
+//!   state ends up exactly as without the crash.
+//! * Then batches continue on the grid after `max(now, last batch)`.
+//!
+//! Result: exactly-once state and exactly-once files for idempotent outputs; `print`,
+//! `events` and `for_each_batch` may repeat a batch (at-least-once).
+//!
+//! **Channel positions are implicit**: a channel redelivers uncommitted events first and in
+//! order, so a batch is identified by its event count plus a [fingerprint](input::fingerprint).
+//! The blind spot: if a `covered` batch was committed *and* the next events have the same
+//! count and fingerprint (e.g. a stream of identical lines), recovery would take the newer
+//! events for the old batch and commit them unprocessed. It needs a crash in the window
+//! between the manifest write and the commit; Kafka inputs will carry exact offsets instead.
+//! A memory channel loses uncommitted events on a real crash; the journaled batches are then
+//! skipped with a warning.
+//!
+//! # Backpressure
+//! With `backpressure`, Spark's PID estimator ([`rate`]) sets the next batch's limit to
+//! `rate × B` events per input (capped by `max_rate` and `max_batch_events`); the channel
+//! keeps the rest and, when full, its sources refuse upstream.
+
+pub mod checkpoint;
+pub mod clock;
+pub mod config;
+pub mod input;
+pub mod job;
+pub mod metrics;
+pub mod output;
+pub mod rate;
+pub mod stream;
+
+pub use checkpoint::{CheckpointError, CHECKPOINT_VERSION};
+pub use clock::{Clock, SystemClock, TokioClock};
+pub use config::{BuildContext, JobConfig};
+pub use input::{ChannelInput, InputBatch, InputChunk, InputError, InputPosition, JobInput};
+pub use job::{FailPoint, Job, JobError, JobOptions, StreamingContext};
+pub use metrics::{BatchInfo, JobMetrics};
+pub use output::{format_print, text_event, EventsFn, Output, OutputError, OutputFmt};
+pub use rate::{PidConfig, PidRateEstimator, RateController};
+pub use stream::{field, BatchCx, Data, EventStream, Key, Stream};
