@@ -290,8 +290,9 @@ pub fn parse_message(raw: Bytes, keep_all: bool, incomplete: bool) -> Event {
             m
         }
         _ => {
-            h.entry(STATUS_HEADER.into())
-                .or_insert_with(|| "Invalid".into());
+            if !h.contains_key(STATUS_HEADER) {
+                h.insert(STATUS_HEADER.into(), "Invalid".into());
+            }
             return event;
         }
     };
@@ -711,10 +712,13 @@ mod tests {
     #[test]
     fn rfc3164_from_logger() {
         let e = parse(LOGGER_3164.as_bytes());
-        assert_eq!(e.headers["Facility"], "20");
-        assert_eq!(e.headers["Severity"], "5");
-        assert_eq!(e.headers["priority"], "165");
-        assert_eq!(e.headers["host"], "vm");
+        assert_eq!(e.headers.get("Facility").map(String::as_str).unwrap(), "20");
+        assert_eq!(e.headers.get("Severity").map(String::as_str).unwrap(), "5");
+        assert_eq!(
+            e.headers.get("priority").map(String::as_str).unwrap(),
+            "165"
+        );
+        assert_eq!(e.headers.get("host").map(String::as_str).unwrap(), "vm");
         assert!(!e.headers.contains_key("version"));
         assert!(!e.headers.contains_key(STATUS_HEADER));
         let year = assumed_year((11, 23, 21, 27, 40));
@@ -722,27 +726,33 @@ mod tests {
             .with_ymd_and_hms(year, 11, 23, 21, 27, 40)
             .unwrap()
             .timestamp_millis();
-        assert_eq!(e.headers["timestamp"], want.to_string());
+        assert_eq!(
+            e.headers.get("timestamp").map(String::as_str).unwrap(),
+            want.to_string()
+        );
         assert_eq!(&e.body[..], b"myapp: hello from logger");
     }
 
     #[test]
     fn rfc5424_from_logger() {
         let e = parse(LOGGER_5424.as_bytes());
-        assert_eq!(e.headers["Facility"], "20");
-        assert_eq!(e.headers["Severity"], "5");
-        assert_eq!(e.headers["version"], "1");
-        assert_eq!(e.headers["host"], "vm");
+        assert_eq!(e.headers.get("Facility").map(String::as_str).unwrap(), "20");
+        assert_eq!(e.headers.get("Severity").map(String::as_str).unwrap(), "5");
+        assert_eq!(e.headers.get("version").map(String::as_str).unwrap(), "1");
+        assert_eq!(e.headers.get("host").map(String::as_str).unwrap(), "vm");
         let want = chrono::DateTime::parse_from_rfc3339("2026-11-23T21:27:40.040665+00:00")
             .unwrap()
             .timestamp_millis();
-        assert_eq!(e.headers["timestamp"], want.to_string());
+        assert_eq!(
+            e.headers.get("timestamp").map(String::as_str).unwrap(),
+            want.to_string()
+        );
         assert_eq!(
             &e.body[..],
             &b"myapp - - [timeQuality tzKnown=\"1\" isSynced=\"0\"] hello from logger"[..]
         );
         let e = parse(LOGGER_5424_SD.as_bytes());
-        assert_eq!(e.headers["host"], "vm");
+        assert_eq!(e.headers.get("host").map(String::as_str).unwrap(), "vm");
         assert!(e.body.starts_with(b"myapp - ID47 [timeQuality"));
         let e = parse_message(Bytes::from_static(LOGGER_5424.as_bytes()), true, false);
         assert_eq!(&e.body[..], LOGGER_5424.as_bytes(), "keep_fields = all");
@@ -760,19 +770,26 @@ mod tests {
             b"\xff\xfe\x00binary",
         ] {
             let e = parse(raw);
-            assert_eq!(e.headers[STATUS_HEADER], "Invalid", "{raw:?}");
-            assert_eq!(e.headers["Facility"], "0");
-            assert_eq!(e.headers["Severity"], "0");
+            assert_eq!(
+                e.headers.get(STATUS_HEADER).map(String::as_str).unwrap(),
+                "Invalid",
+                "{raw:?}"
+            );
+            assert_eq!(e.headers.get("Facility").map(String::as_str).unwrap(), "0");
+            assert_eq!(e.headers.get("Severity").map(String::as_str).unwrap(), "0");
             assert_eq!(&e.body[..], raw);
         }
         // A valid PRI but no timestamp: flagged, facility kept.
         let e = parse(b"<13>just text");
-        assert_eq!(e.headers[STATUS_HEADER], "Invalid");
-        assert_eq!(e.headers["Facility"], "1");
+        assert_eq!(
+            e.headers.get(STATUS_HEADER).map(String::as_str).unwrap(),
+            "Invalid"
+        );
+        assert_eq!(e.headers.get("Facility").map(String::as_str).unwrap(), "1");
         assert_eq!(&e.body[..], b"<13>just text");
         // Invalid UTF-8 in the message part: headers parsed, bytes kept.
         let e = parse(b"<165>Nov 23 21:27:40 vm myapp: caf\xe9");
-        assert_eq!(e.headers["host"], "vm");
+        assert_eq!(e.headers.get("host").map(String::as_str).unwrap(), "vm");
         assert_eq!(&e.body[..], b"myapp: caf\xe9");
     }
 
@@ -893,16 +910,26 @@ mod tests {
         }
         let got = take_n(&r.channel, ran).await;
         for e in &got {
-            assert_eq!(e.headers["Facility"], "3", "{e:?}");
-            assert_eq!(e.headers["Severity"], "3");
-            assert_eq!(e.headers["clientIP"], "127.0.0.1");
+            assert_eq!(
+                e.headers.get("Facility").map(String::as_str).unwrap(),
+                "3",
+                "{e:?}"
+            );
+            assert_eq!(e.headers.get("Severity").map(String::as_str).unwrap(), "3");
+            assert_eq!(
+                e.headers.get("clientIP").map(String::as_str).unwrap(),
+                "127.0.0.1"
+            );
             assert!(!e.headers.contains_key(STATUS_HEADER), "{e:?}");
             assert!(e.headers.contains_key("timestamp"));
         }
         if ran == 3 {
             assert!(got[0].body.ends_with(b"three one six four"));
             assert!(got[1].body.ends_with(b"five four two four"));
-            assert_eq!(got[1].headers["version"], "1");
+            assert_eq!(
+                got[1].headers.get("version").map(String::as_str).unwrap(),
+                "1"
+            );
             assert!(got[2].body.ends_with(b"newline framed"));
         }
         r.shutdown.cancel();
@@ -919,7 +946,14 @@ mod tests {
         let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         client.send_to(b"\x00\x01garbage\n", addr).unwrap();
         let got = take_n(&r.channel, 1).await;
-        assert_eq!(got[0].headers[STATUS_HEADER], "Invalid");
+        assert_eq!(
+            got[0]
+                .headers
+                .get(STATUS_HEADER)
+                .map(String::as_str)
+                .unwrap(),
+            "Invalid"
+        );
         assert_eq!(&got[0].body[..], b"\x00\x01garbage");
         let mut want = 0;
         for rfc in ["--rfc3164", "--rfc5424"] {
@@ -946,8 +980,8 @@ mod tests {
         }
         let got = take_n(&r.channel, want).await;
         for e in &got {
-            assert_eq!(e.headers["Facility"], "1");
-            assert_eq!(e.headers["Severity"], "5");
+            assert_eq!(e.headers.get("Facility").map(String::as_str).unwrap(), "1");
+            assert_eq!(e.headers.get("Severity").map(String::as_str).unwrap(), "5");
             assert!(e.body.ends_with(b"over udp"), "{e:?}");
         }
         r.shutdown.cancel();

@@ -333,7 +333,7 @@ impl TaildirSourceConfig {
         }
         for g in self.groups.values() {
             let idx = group_headers.len();
-            group_headers.push(g.headers.clone());
+            group_headers.push(g.headers.clone().into());
             for p in &g.paths {
                 patterns.push(Pattern::new(idx, p)?);
             }
@@ -568,10 +568,24 @@ impl Tailer {
             self.start_position_write().await;
             if !progressed {
                 let wait = self.wait_time();
-                tokio::select! {
-                    _ = self.events.wake.notified() => {}
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = cx.shutdown.cancelled() => {}
+                let wake = self.events.wake.clone();
+                let write = &mut self.position_write;
+                // A finished position write wakes the loop too, so the next one (covering the
+                // latest commits) starts at once.
+                let written = tokio::select! {
+                    _ = wake.notified() => None,
+                    _ = tokio::time::sleep(wait) => None,
+                    _ = cx.shutdown.cancelled() => None,
+                    res = async {
+                        match write.as_mut() {
+                            Some(h) => h.await,
+                            None => std::future::pending().await,
+                        }
+                    } => Some(res),
+                };
+                if let Some(res) = written {
+                    self.position_write = None;
+                    self.record_position_write(res);
                 }
             }
         }
@@ -653,7 +667,15 @@ impl Tailer {
     }
 
     async fn finish_position_write(&mut self, h: JoinHandle<Result<(), PositionFileError>>) {
-        match h.await {
+        let res = h.await;
+        self.record_position_write(res);
+    }
+
+    fn record_position_write(
+        &mut self,
+        res: Result<Result<(), PositionFileError>, tokio::task::JoinError>,
+    ) {
+        match res {
             Ok(Ok(())) => {
                 self.stats.position_writes.fetch_add(1, Ordering::Relaxed);
             }
@@ -1083,7 +1105,13 @@ impl Tailer {
         let file = match File::open(&t.path) {
             Ok(f) => f,
             Err(e) => {
-                debug!(message = "cannot open file", path = %t.path.display(), error = %e);
+                if e.kind() == io::ErrorKind::NotFound {
+                    debug!(message = "file gone before it could be opened", path = %t.path.display());
+                } else {
+                    // Retried when the file changes (scan), so this is not logged every poll.
+                    self.counters.errors.inc(1);
+                    warn!(message = "cannot open file; skipped until it changes", path = %t.path.display(), error = %e);
+                }
                 t.dirty = false;
                 return false;
             }
