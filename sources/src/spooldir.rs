@@ -1081,6 +1081,35 @@ mod tests {
         h.stop().await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn youngest_first_and_recursive() {
+        let mut h = H::new();
+        h.cfg.consume_order = ConsumeOrder::Youngest;
+        h.cfg.recursive = true;
+        fs::create_dir_all(h.p("sub/deeper")).unwrap();
+        let now = std::time::SystemTime::now();
+        for (i, rel) in ["old.log", "sub/mid.log", "sub/deeper/new.log"]
+            .iter()
+            .enumerate()
+        {
+            fs::write(h.p(rel), format!("{rel}\n")).unwrap();
+            File::options()
+                .write(true)
+                .open(h.p(rel))
+                .unwrap()
+                .set_modified(now - Duration::from_secs(300 - 100 * i as u64))
+                .unwrap();
+        }
+        h.start();
+        h.wait("three files", |h| Done::done(h) == 3).await;
+        assert_eq!(
+            h.bodies(),
+            vec!["sub/deeper/new.log", "sub/mid.log", "old.log"]
+        );
+        assert!(h.p("sub/deeper/new.log.COMPLETED").exists());
+        h.stop().await;
+    }
+
     #[test]
     fn config_rejects_unknown_keys() {
         let e =
