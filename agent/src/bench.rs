@@ -2,6 +2,8 @@
 //! latency percentiles and the agent's peak RSS. Results belong in BENCHMARKS.md with the exact
 //! command; nothing here asserts a speed.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -19,6 +21,34 @@ use crate::send::CompressionArg;
 pub enum BenchCommand {
     /// Push load: appendBatch calls to an Avro source.
     Avro(AvroBenchArgs),
+    /// Pull load: getEventBatch + ack against a spark sink.
+    Pull(PullBenchArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct PullBenchArgs {
+    /// The spark sink, `host:port`.
+    #[arg(long, default_value = "127.0.0.1:9988")]
+    pub target: String,
+    /// Concurrent pollers, one connection each.
+    #[arg(long, default_value_t = 2)]
+    pub pollers: usize,
+    /// `n` in getEventBatch(n).
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: i32,
+    /// Stop after this many events in total.
+    #[arg(long, default_value_t = 5_000_000)]
+    pub events: u64,
+    /// Stop after this many seconds, or after a poller got "no events" this many times in a row.
+    #[arg(long, default_value_t = 300)]
+    pub max_seconds: u64,
+    #[arg(long, default_value_t = 3)]
+    pub max_empty: u32,
+    /// The agent's process id, to report its peak RSS.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -57,21 +87,23 @@ pub struct AvroBenchArgs {
     pub threads: usize,
 }
 
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+}
+
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
-        BenchCommand::Avro(args) => {
-            let runtime = if args.threads <= 1 {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?
-            } else {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(args.threads)
-                    .enable_all()
-                    .build()?
-            };
-            runtime.block_on(avro(args))
-        }
+        BenchCommand::Avro(args) => runtime(args.threads)?.block_on(avro(args)),
+        BenchCommand::Pull(args) => runtime(args.threads)?.block_on(pull(args)),
     }
 }
 
@@ -229,4 +261,85 @@ pub fn rss_report(pid: u32) -> anyhow::Result<String> {
         field("VmHWM:") as f64 / 1024.0,
         field("VmRSS:") as f64 / 1024.0
     ))
+}
+
+async fn pull(args: PullBenchArgs) -> anyhow::Result<()> {
+    if args.pollers == 0 || args.batch_size <= 0 {
+        bail!("--pollers and --batch-size must be positive");
+    }
+    println!(
+        "weir bench pull → {}: {} pollers, getEventBatch({}), up to {} events",
+        args.target, args.pollers, args.batch_size, args.events
+    );
+    let total = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.pollers {
+        let (args, total) = (args.clone(), total.clone());
+        tasks.push(tokio::spawn(
+            async move { poller(args, total, deadline).await },
+        ));
+    }
+    let mut latencies = Histogram::<u64>::new(3)?;
+    let mut last_event = started;
+    for t in tasks {
+        let (h, last) = t.await??;
+        latencies.add(&h)?;
+        last_event = last_event.max(last);
+    }
+    let events = total.load(Ordering::Relaxed);
+    let secs = last_event.duration_since(started).as_secs_f64().max(1e-9);
+    println!(
+        "received and acked {events} events in {secs:.2} s: {:.0} events/s",
+        events as f64 / secs
+    );
+    let ms = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "getEventBatch latency (batches with events): p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        latencies.max() as f64 / 1000.0
+    );
+    if let Some(pid) = args.pid {
+        println!("{}", rss_report(pid)?);
+    }
+    Ok(())
+}
+
+/// One poller: the latencies of its non-empty batches and the time of its last event.
+async fn poller(
+    args: PullBenchArgs,
+    total: Arc<AtomicU64>,
+    deadline: Instant,
+) -> anyhow::Result<(Histogram<u64>, Instant)> {
+    let tcp = tokio::net::TcpStream::connect(&args.target)
+        .await
+        .with_context(|| format!("cannot connect to {}", args.target))?;
+    tcp.set_nodelay(true)?;
+    let mut client = RpcClient::new(tcp, Protocol::spark(), ClientOptions::default());
+    let mut latencies = Histogram::<u64>::new(3)?;
+    let mut empty = 0;
+    let mut last = Instant::now();
+    while Instant::now() < deadline
+        && total.load(Ordering::Relaxed) < args.events
+        && empty < args.max_empty
+    {
+        let t0 = Instant::now();
+        let batch = client
+            .get_event_batch(args.batch_size)
+            .await
+            .context("getEventBatch")?;
+        if batch.is_error() {
+            empty += 1;
+            continue;
+        }
+        latencies.record(t0.elapsed().as_micros() as u64)?;
+        empty = 0;
+        client.ack(&batch.sequence_number).await.context("ack")?;
+        total.fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+        last = Instant::now();
+    }
+    Ok((latencies, last))
 }

@@ -682,7 +682,7 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..64),
         )
             .prop_map(|(headers, body)| Event {
-                headers,
+                headers: headers.into(),
                 body: Bytes::from(body),
             })
     }

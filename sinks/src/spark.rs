@@ -276,20 +276,26 @@ impl SparkResponder {
         reply
     }
 
-    async fn ack(&self, seq: &str) {
+    /// Like Spark's sink, the reply does not wait for the commit: the poller already holds
+    /// the batch, and a commit lost to a crash only means the batch is delivered again. This
+    /// keeps the channel's fdatasync off the poller's critical path.
+    fn ack(&self, seq: &str) {
         let Some(p) = lock(&self.pending).remove(seq) else {
             info!(message = "ack for an unknown or expired batch ignored", seq = %seq);
             return;
         };
         p.timer.abort();
         let n = p.txn.len() as u64;
-        match p.txn.commit().await {
-            Ok(()) => self.counters.sent.inc(n),
-            Err(e) => {
-                self.counters.errors.inc(1);
-                warn!(message = "commit after ack failed; the batch will be delivered again", seq = %seq, error = %e);
+        let (counters, seq) = (self.counters.clone(), seq.to_string());
+        tokio::spawn(async move {
+            match p.txn.commit().await {
+                Ok(()) => counters.sent.inc(n),
+                Err(e) => {
+                    counters.errors.inc(1);
+                    warn!(message = "commit after ack failed; the batch will be delivered again", seq = %seq, error = %e);
+                }
             }
-        }
+        });
     }
 
     fn nack(&self, seq: &str) {
@@ -336,7 +342,7 @@ impl Responder for SparkResponder {
             }
             "ack" => {
                 let seq = r.read_str("sequenceNumber").map_err(|e| e.to_string())?;
-                self.ack(&seq).await;
+                self.ack(&seq);
                 Ok(Bytes::new())
             }
             "nack" => {
