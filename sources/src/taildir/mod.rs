@@ -556,7 +556,15 @@ impl Tailer {
             for p in changes.paths {
                 match self.by_path.get(&p).and_then(|k| self.files.get_mut(k)) {
                     Some(t) => t.dirty = true,
-                    None => rescan = true,
+                    // A file the patterns would take but no scan has seen yet.
+                    None if self.patterns.iter().any(|pat| pat.matches(&p)) => rescan = true,
+                    // Writes to other files of a watched directory: perhaps a rotated file
+                    // still being appended to (those few are checked at once), else noise.
+                    None => {
+                        for t in self.files.values_mut().filter(|t| !t.matched) {
+                            t.dirty = true;
+                        }
+                    }
                 }
             }
             if rescan || Instant::now() >= self.next_scan {
