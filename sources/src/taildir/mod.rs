@@ -1269,6 +1269,14 @@ impl Tailer {
         if out.eof {
             t.dirty = false;
         }
+        if out.shrunk {
+            let lines = out.lines;
+            if !lines.is_empty() {
+                self.deliver(key, lines, cx).await?;
+            }
+            self.restart_truncated(key, "size below the read position");
+            return Ok(true);
+        }
         if out.lines.is_empty() {
             // Bytes dropped inside a truncated line still move the position.
             if let Some(r) = &t.reader {

@@ -34,6 +34,8 @@ pub struct FillOutcome {
     pub bytes_read: u64,
     pub split: u64,
     pub truncated: u64,
+    /// The file is now shorter than what was read: it was truncated (copytruncate).
+    pub shrunk: bool,
 }
 
 pub struct FileReader {
@@ -130,6 +132,7 @@ impl FileReader {
             out.bytes_read += n as u64;
             if n == 0 {
                 out.eof = true;
+                out.shrunk = self.file.metadata()?.len() < self.read_pos;
                 return Ok(out);
             }
         }

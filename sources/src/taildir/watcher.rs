@@ -85,6 +85,10 @@ impl Pattern {
         &self.base
     }
 
+    pub fn matches(&self, path: &Path) -> bool {
+        self.matcher.is_match(path)
+    }
+
     /// Whether new subdirectories can hold matches (the watch must be recursive).
     fn recursive(&self) -> bool {
         self.depth != Some(1)
@@ -182,16 +186,19 @@ impl FileEvents {
                 let mut ch = c.lock().unwrap_or_else(|p| p.into_inner());
                 match res {
                     Ok(ev) => {
+                        use notify::event::ModifyKind;
                         use notify::EventKind;
-                        if !matches!(
-                            ev.kind,
-                            EventKind::Modify(notify::event::ModifyKind::Data(_))
-                        ) || ch.paths.len() >= MAX_CHANGED_PATHS
-                        {
-                            ch.rescan = true;
+                        match ev.kind {
+                            // Opens and closes (ours included) change nothing to read.
+                            EventKind::Access(_) => return,
+                            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Metadata(_)) => {}
+                            // Create, remove, rename, unknown: the file set may have changed.
+                            _ => ch.rescan = true,
                         }
                         if ch.paths.len() < MAX_CHANGED_PATHS {
                             ch.paths.extend(ev.paths);
+                        } else {
+                            ch.rescan = true;
                         }
                     }
                     Err(_) => ch.rescan = true,
