@@ -97,6 +97,8 @@ pub enum JobError {
 /// Test hook: where [`Job::run`] stops as if the process died.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailPoint {
+    /// Inputs taken, not yet journaled.
+    AfterCut,
     /// Inputs taken (and journaled), no output written.
     AfterTake,
     /// Outputs written, state not checkpointed, inputs not committed.
@@ -296,11 +298,14 @@ impl Job {
     /// exactly-once for idempotent outputs.
     pub async fn run(mut self) -> Result<(), JobError> {
         let last = self.recover().await?;
-        let now = self.clock.now_ms();
-        let mut next = next_tick(now, self.interval_ms);
-        if let Some(last) = last {
-            next = next.max(last + self.interval_ms);
-        }
+        // After a restart, every tick missed while down is run too (Spark re-runs them), so
+        // the grid has no holes: a batch that crashed before being journaled still gets its
+        // own batch time. A fresh job starts at the next tick.
+        let next_fresh = next_tick(self.clock.now_ms(), self.interval_ms);
+        let mut next = match last {
+            Some(last) => last + self.interval_ms,
+            None => next_fresh,
+        };
         tracing::info!(message = "Job started.", job = %self.name, first_batch_ms = next);
         loop {
             let now = self.clock.now_ms();
@@ -504,6 +509,7 @@ impl Job {
                     })?;
                     batches.push(b);
                 }
+                self.check_fail(FailPoint::AfterCut)?;
                 if let Some(ck) = &self.checkpoints {
                     // I2: the batch is journaled before any of its outputs run.
                     self.manifest.pending.push(BatchRecord {

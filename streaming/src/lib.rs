@@ -32,7 +32,9 @@
 //! * `pending` batches are re-cut (same event count and fingerprint) and run again with their
 //!   original batch times, from that state; outputs are re-written (idempotent for `file`),
 //!   state ends up exactly as without the crash.
-//! * Then batches continue on the grid after `max(now, last batch)`.
+//! * Then batches continue on the grid right after the last batch done: ticks missed while
+//!   down are run at once, back to back (Spark re-runs them too), so batch times have no
+//!   holes and a batch cut but not journaled before the crash gets its original time.
 //!
 //! Result: exactly-once state and exactly-once files for idempotent outputs; `print`,
 //! `events` and `for_each_batch` may repeat a batch (at-least-once).
@@ -70,3 +72,6 @@ pub use metrics::{BatchInfo, JobMetrics};
 pub use output::{format_print, text_event, EventsFn, Output, OutputError, OutputFmt};
 pub use rate::{PidConfig, PidRateEstimator, RateController};
 pub use stream::{field, BatchCx, Data, EventStream, Key, Stream};
+
+#[cfg(test)]
+mod stream_tests;
