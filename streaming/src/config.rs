@@ -472,7 +472,7 @@ impl JobConfig {
         if self.max_batch_events == 0 {
             problems.push(("max_batch_events".into(), "must be at least 1".into()));
         }
-        if !(self.pid.min_rate > 0.0) {
+        if self.pid.min_rate.is_nan() || self.pid.min_rate <= 0.0 {
             problems.push(("pid.min_rate".into(), "must be > 0".into()));
         }
         let mut plan = Plan {

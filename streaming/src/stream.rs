@@ -291,10 +291,12 @@ where
     }
 }
 
+type BatchFn<T, U> = Box<dyn FnMut(&BatchCx<'_>, Vec<T>) -> Vec<U> + Send>;
+
 /// A stateless operator over the parent's result; keeps the parent's state visible.
 struct MapNode<T, U> {
     parent: Box<dyn Node<T>>,
-    f: Box<dyn FnMut(&BatchCx<'_>, Vec<T>) -> Vec<U> + Send>,
+    f: BatchFn<T, U>,
 }
 
 impl<T: 'static, U: 'static> Node<U> for MapNode<T, U> {
