@@ -9,13 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use weir_avro_rpc::client::{ClientOptions, RpcClient};
 use weir_avro_rpc::datum::{self, Reader, Status};
 use weir_avro_rpc::protocol::Protocol;
-use weir_avro_rpc::transport::{ClientLayers, Layering};
+use weir_avro_rpc::transport::ClientLayers;
 use weir_core::{Event, Headers};
 
-use crate::send::CompressionArg;
+use crate::client::{self, CompressionArg};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
@@ -197,23 +196,20 @@ async fn connection(
     batches: u64,
     deadline: Instant,
 ) -> anyhow::Result<ConnResult> {
-    let tcp = tokio::net::TcpStream::connect(&args.target)
-        .await
-        .with_context(|| format!("cannot connect to {}", args.target))?;
-    tcp.set_nodelay(true)?;
     let layers = ClientLayers {
-        tls: None,
         compression: args.compression.into(),
         level: 6,
-        layering: Layering::default(),
+        ..ClientLayers::default()
     };
-    let host = args
-        .target
-        .rsplit_once(':')
-        .map(|(h, _)| h.to_string())
-        .unwrap_or_default();
-    let stream = layers.wrap(tcp, &host).await?;
-    let mut client = RpcClient::new(stream, Protocol::flume(), ClientOptions::default());
+    let host = args.target.rsplit_once(':').map_or("", |(h, _)| h);
+    let mut client = client::open(
+        &args.target,
+        host,
+        &layers,
+        Protocol::flume(),
+        Duration::from_secs(20),
+    )
+    .await?;
     let mut latencies = Histogram::<u64>::new(3)?;
     let mut pace = (args.rate > 0).then(|| {
         let per_conn = args.rate as f64 / args.connections as f64;
@@ -314,11 +310,14 @@ async fn poller(
     total: Arc<AtomicU64>,
     deadline: Instant,
 ) -> anyhow::Result<(Histogram<u64>, Instant)> {
-    let tcp = tokio::net::TcpStream::connect(&args.target)
-        .await
-        .with_context(|| format!("cannot connect to {}", args.target))?;
-    tcp.set_nodelay(true)?;
-    let mut client = RpcClient::new(tcp, Protocol::spark(), ClientOptions::default());
+    let mut client = client::open(
+        &args.target,
+        "",
+        &ClientLayers::default(),
+        Protocol::spark(),
+        Duration::from_secs(120),
+    )
+    .await?;
     let mut latencies = Histogram::<u64>::new(3)?;
     let mut empty = 0;
     let mut last = Instant::now();

@@ -5,21 +5,15 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use weir_avro_rpc::client::{ClientOptions, RpcClient};
 use weir_avro_rpc::protocol::Protocol;
-use weir_avro_rpc::transport::{self, ClientLayers, Layering};
 use weir_sinks::console::format_event;
 
-use crate::send::CompressionArg;
+use crate::client::ConnectArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct PollArgs {
-    /// Host of the spark sink.
-    #[arg(long, short = 'H')]
-    pub host: String,
-    /// Port of the spark sink.
-    #[arg(long, short)]
-    pub port: u16,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// `n` in getEventBatch(n).
     #[arg(long, default_value_t = 1000)]
     pub batch_size: i32,
@@ -32,12 +26,6 @@ pub struct PollArgs {
     /// Only print a summary, not the events.
     #[arg(long, short)]
     pub quiet: bool,
-    #[arg(long, value_enum, default_value = "none")]
-    pub compression: CompressionArg,
-    #[arg(long)]
-    pub tls_ca: Option<std::path::PathBuf>,
-    #[arg(long)]
-    pub tls_trust_all: bool,
     /// Seconds to wait for each reply.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
@@ -48,37 +36,11 @@ pub async fn run(args: PollArgs) -> anyhow::Result<u64> {
     if args.batch_size <= 0 {
         bail!("--batch-size must be positive");
     }
-    let tls = if args.tls_ca.is_some() || args.tls_trust_all {
-        Some((
-            transport::client_tls_config(args.tls_ca.as_deref(), args.tls_trust_all)?,
-            None,
-        ))
-    } else {
-        None
-    };
-    let layers = ClientLayers {
-        tls,
-        compression: args.compression.into(),
-        level: 6,
-        layering: Layering::default(),
-    };
-    let addr = format!("{}:{}", args.host, args.port);
-    let tcp = tokio::net::TcpStream::connect(&addr)
-        .await
-        .with_context(|| format!("cannot connect to {addr}"))?;
-    tcp.set_nodelay(true)?;
-    let stream = layers
-        .wrap(tcp, &args.host)
-        .await
-        .with_context(|| format!("cannot set up the connection to {addr}"))?;
-    let mut client = RpcClient::new(
-        stream,
-        Protocol::spark(),
-        ClientOptions {
-            request_timeout: Duration::from_secs(args.timeout),
-            ..ClientOptions::default()
-        },
-    );
+    let addr = args.connect.addr();
+    let mut client = args
+        .connect
+        .connect(Protocol::spark(), Duration::from_secs(args.timeout))
+        .await?;
     let mut received = 0u64;
     let mut text = String::new();
     let mut stdout = std::io::stdout().lock();

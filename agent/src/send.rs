@@ -7,35 +7,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
-use weir_avro_rpc::client::{ClientOptions, RpcClient};
 use weir_avro_rpc::datum::Status;
 use weir_avro_rpc::protocol::Protocol;
-use weir_avro_rpc::transport::{self, ClientLayers, Compression, Layering};
 use weir_core::{Event, Headers};
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CompressionArg {
-    None,
-    Deflate,
-}
-
-impl From<CompressionArg> for Compression {
-    fn from(c: CompressionArg) -> Compression {
-        match c {
-            CompressionArg::None => Compression::None,
-            CompressionArg::Deflate => Compression::Deflate,
-        }
-    }
-}
+use crate::client::ConnectArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct SendArgs {
-    /// Host of the Avro source.
-    #[arg(long, short = 'H')]
-    pub host: String,
-    /// Port of the Avro source.
-    #[arg(long, short)]
-    pub port: u16,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// File to send, one event per line; standard input when absent.
     #[arg(long, short)]
     pub file: Option<PathBuf>,
@@ -45,15 +26,6 @@ pub struct SendArgs {
     /// Events per appendBatch call.
     #[arg(long, default_value_t = 100)]
     pub batch_size: usize,
-    /// `deflate` to match a source with compression = "deflate".
-    #[arg(long, value_enum, default_value = "none")]
-    pub compression: CompressionArg,
-    /// Connect with TLS, trusting the CA certificates in this PEM file.
-    #[arg(long)]
-    pub tls_ca: Option<PathBuf>,
-    /// Connect with TLS and accept any certificate (testing only).
-    #[arg(long)]
-    pub tls_trust_all: bool,
     /// Seconds to wait for each reply.
     #[arg(long, default_value_t = 20)]
     pub timeout: u64,
@@ -83,37 +55,11 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u64> {
         )),
         None => Box::new(std::io::BufReader::new(std::io::stdin())),
     };
-    let tls = if args.tls_ca.is_some() || args.tls_trust_all {
-        Some((
-            transport::client_tls_config(args.tls_ca.as_deref(), args.tls_trust_all)?,
-            None,
-        ))
-    } else {
-        None
-    };
-    let layers = ClientLayers {
-        tls,
-        compression: args.compression.into(),
-        level: 6,
-        layering: Layering::default(),
-    };
-    let addr = format!("{}:{}", args.host, args.port);
-    let tcp = tokio::net::TcpStream::connect(&addr)
-        .await
-        .with_context(|| format!("cannot connect to {addr}"))?;
-    tcp.set_nodelay(true)?;
-    let stream = layers
-        .wrap(tcp, &args.host)
-        .await
-        .with_context(|| format!("cannot set up the connection to {addr}"))?;
-    let mut client = RpcClient::new(
-        stream,
-        Protocol::flume(),
-        ClientOptions {
-            request_timeout: Duration::from_secs(args.timeout),
-            ..ClientOptions::default()
-        },
-    );
+    let addr = args.connect.addr();
+    let mut client = args
+        .connect
+        .connect(Protocol::flume(), Duration::from_secs(args.timeout))
+        .await?;
 
     let mut sent = 0u64;
     let mut batch = Vec::with_capacity(args.batch_size);

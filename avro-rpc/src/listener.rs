@@ -31,6 +31,57 @@ pub struct ListenerOptions {
     pub handshake_timeout: Duration,
 }
 
+/// The listening settings the `avro` source and the `spark` sink share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSettings<'a> {
+    pub ip_filter: Option<&'a str>,
+    pub max_connections: usize,
+    pub tls: Option<&'a crate::transport::TlsServerSettings>,
+    pub compression: crate::transport::Compression,
+    pub compression_level: u32,
+    pub layering: crate::transport::Layering,
+    pub handshake_timeout: Duration,
+}
+
+impl ListenerSettings<'_> {
+    /// What is wrong with these settings, by config key (for `weir validate`).
+    pub fn check(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if let Some(rules) = self.ip_filter {
+            if let Err(e) = IpFilter::parse(rules) {
+                problems.push(("ip_filter", e.to_string()));
+            }
+        }
+        if let Some(t) = self.tls {
+            if let Err(e) = crate::transport::server_tls_config(&t.cert, &t.key) {
+                problems.push(("tls", e.to_string()));
+            }
+        }
+        if self.max_connections == 0 {
+            problems.push(("max_connections", "must be at least 1".into()));
+        }
+        if self.compression_level > 9 {
+            problems.push(("compression_level", "must be 0 to 9".into()));
+        }
+        problems
+    }
+
+    /// Ready-to-use options: filter parsed, TLS files loaded.
+    pub fn options(&self) -> Result<ListenerOptions, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(ListenerOptions {
+            ip_filter: self.ip_filter.map(IpFilter::parse).transpose()?,
+            max_connections: self.max_connections,
+            layers: ServerLayers::from_settings(
+                self.tls,
+                self.compression,
+                self.compression_level,
+                self.layering,
+            )?,
+            handshake_timeout: self.handshake_timeout,
+        })
+    }
+}
+
 impl Default for ListenerOptions {
     fn default() -> Self {
         ListenerOptions {

@@ -152,6 +152,70 @@ impl ClientLayers {
     }
 }
 
+/// `tls = { cert = "…", key = "…" }` on a listening component.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsServerSettings {
+    /// PEM certificate chain.
+    pub cert: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+}
+
+/// `tls = { ca = "…" }` or `tls = { trust_all = true }` on a connecting component.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsClientSettings {
+    /// PEM file of CA certificates to trust; unset = the system bundle.
+    #[serde(default)]
+    pub ca: Option<std::path::PathBuf>,
+    /// Accept any certificate (Flume's `trust-all-certs`): encrypts, does not authenticate.
+    #[serde(default)]
+    pub trust_all: bool,
+    /// Name to verify in the certificate; defaults to the host connected to.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+impl ServerLayers {
+    /// The layers a listening component's settings ask for; errors name the TLS file.
+    pub fn from_settings(
+        tls: Option<&TlsServerSettings>,
+        compression: Compression,
+        level: u32,
+        layering: Layering,
+    ) -> Result<Self, TlsError> {
+        Ok(ServerLayers {
+            tls: tls.map(|t| tls_acceptor(&t.cert, &t.key)).transpose()?,
+            compression,
+            level,
+            layering,
+        })
+    }
+}
+
+impl ClientLayers {
+    /// The layers a connecting component's settings ask for; errors name the CA file.
+    pub fn from_settings(
+        tls: Option<&TlsClientSettings>,
+        compression: Compression,
+        level: u32,
+        layering: Layering,
+    ) -> Result<Self, TlsError> {
+        Ok(ClientLayers {
+            tls: tls
+                .map(|t| {
+                    client_tls_config(t.ca.as_deref(), t.trust_all)
+                        .map(|c| (c, t.server_name.clone()))
+                })
+                .transpose()?,
+            compression,
+            level,
+            layering,
+        })
+    }
+}
+
 /// A rustls server config from PEM files (errors name the file).
 pub fn server_tls_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     tls::server_config(cert, key)

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use weir_avro_rpc::client::{ClientOptions, RpcClient};
 use weir_avro_rpc::datum::Status;
 use weir_avro_rpc::protocol::Protocol;
-use weir_avro_rpc::transport::{self, BoxStream, ClientLayers, Compression, Layering};
+use weir_avro_rpc::transport::{BoxStream, ClientLayers, Compression, Layering, TlsClientSettings};
 use weir_core::component::Backoff;
 use weir_core::metrics::MetricName;
 use weir_core::{ComponentError, ConfigDuration, Event, Sink, SinkContext};
@@ -42,9 +42,10 @@ pub struct AvroSinkConfig {
     /// zlib level 0–9 (Flume's `compression-level`).
     #[serde(default = "default_compression_level")]
     pub compression_level: u32,
-    /// TLS to the hosts (Flume's `ssl = true`).
+    /// TLS to the hosts (Flume's `ssl = true`): `tls = { ca = "ca.pem" }` or
+    /// `tls = { trust_all = true }`, optionally `server_name`.
     #[serde(default)]
-    pub tls: Option<TlsClientConfig>,
+    pub tls: Option<TlsClientSettings>,
     /// With both TLS and deflate: `"tls-outside"` (Flume ≤ 1.9) or `"deflate-outside"` (1.10+).
     #[serde(default)]
     pub layering: Layering,
@@ -58,22 +59,6 @@ pub struct AvroSinkConfig {
     /// (Flume's `reset-connection-interval`). Unset = never.
     #[serde(default)]
     pub reset_connection_interval: Option<ConfigDuration>,
-}
-
-/// `tls = { ca = "…" }` or `tls = { trust_all = true }`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Default)]
-#[serde(deny_unknown_fields)]
-pub struct TlsClientConfig {
-    /// PEM file of CA certificates to trust; unset = the system's roots are not loaded, so set
-    /// this or `trust_all`.
-    #[serde(default)]
-    pub ca: Option<std::path::PathBuf>,
-    /// Accept any certificate (Flume's `trust-all-certs`); for tests only.
-    #[serde(default)]
-    pub trust_all: bool,
-    /// Name to verify in the certificate; defaults to the host part of each target.
-    #[serde(default)]
-    pub server_name: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
@@ -131,12 +116,19 @@ impl AvroSinkConfig {
         if self.compression_level > 9 {
             errors.push(("compression_level", "must be 0 to 9".into()));
         }
-        if let Some(tls) = &self.tls {
-            if let Err(e) = transport::client_tls_config(tls.ca.as_deref(), tls.trust_all) {
-                errors.push(("tls", e.to_string()));
-            }
+        if let Err(e) = self.layers() {
+            errors.push(("tls", e.to_string()));
         }
         errors
+    }
+
+    fn layers(&self) -> Result<ClientLayers, weir_avro_rpc::tls::TlsError> {
+        ClientLayers::from_settings(
+            self.tls.as_ref(),
+            self.compression,
+            self.compression_level,
+            self.layering,
+        )
     }
 
     pub fn build(&self) -> AvroSink {
@@ -288,18 +280,7 @@ impl Sink for AvroSink {
     async fn run(self: Box<Self>, cx: SinkContext) -> Result<(), ComponentError> {
         let sent = cx.metrics.counter(MetricName::EventsSentTotal);
         let errors = cx.metrics.counter(MetricName::ErrorsTotal);
-        let layers = ClientLayers {
-            tls: match &self.config.tls {
-                Some(t) => Some((
-                    transport::client_tls_config(t.ca.as_deref(), t.trust_all)?,
-                    t.server_name.clone(),
-                )),
-                None => None,
-            },
-            compression: self.config.compression,
-            level: self.config.compression_level,
-            layering: self.config.layering,
-        };
+        let layers = self.config.layers()?;
         let max_penalty = self.config.max_penalty.0;
         let mut targets: Vec<Target> = self
             .config

@@ -28,11 +28,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use weir_avro_rpc::datum::{self, Reader};
-use weir_avro_rpc::ipfilter::IpFilter;
-use weir_avro_rpc::listener::{self, ListenerOptions};
+use weir_avro_rpc::listener::{self, ListenerSettings};
 use weir_avro_rpc::protocol::Protocol;
 use weir_avro_rpc::server::{ConnectionInfo, Responder, RpcServer, ServerOptions};
-use weir_avro_rpc::transport::{self, Compression, Layering, ServerLayers};
+use weir_avro_rpc::transport::{Compression, Layering, TlsServerSettings};
 use weir_core::metrics::{Counter, MetricName};
 use weir_core::{Channel, ComponentError, ConfigDuration, Sink, SinkContext, TakeTransaction};
 
@@ -62,23 +61,15 @@ pub struct SparkSinkConfig {
     /// Most poller connections at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// TLS with a PEM certificate and key.
+    /// TLS with a PEM certificate and key: `tls = { cert = "…", key = "…" }`.
     #[serde(default)]
-    pub tls: Option<TlsServerConfig>,
+    pub tls: Option<TlsServerSettings>,
     /// `"deflate"` for pollers built with `enableDecompression`-style zlib (Spark's poller has none).
     #[serde(default)]
     pub compression: Compression,
     /// Flume's `ipFilterRules` syntax; unset = accept all.
     #[serde(default)]
     pub ip_filter: Option<String>,
-}
-
-/// `tls = { cert = "…", key = "…" }`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct TlsServerConfig {
-    pub cert: std::path::PathBuf,
-    pub key: std::path::PathBuf,
 }
 
 const fn default_threads() -> usize {
@@ -120,20 +111,20 @@ impl SparkSinkConfig {
         if self.max_batch == 0 {
             errors.push(("max_batch", "must be at least 1".into()));
         }
-        if self.max_connections == 0 {
-            errors.push(("max_connections", "must be at least 1".into()));
-        }
-        if let Some(rules) = &self.ip_filter {
-            if let Err(e) = IpFilter::parse(rules) {
-                errors.push(("ip_filter", e.to_string()));
-            }
-        }
-        if let Some(tls) = &self.tls {
-            if let Err(e) = transport::server_tls_config(&tls.cert, &tls.key) {
-                errors.push(("tls", e.to_string()));
-            }
-        }
+        errors.extend(self.listener().check());
         errors
+    }
+
+    fn listener(&self) -> ListenerSettings<'_> {
+        ListenerSettings {
+            ip_filter: self.ip_filter.as_deref(),
+            max_connections: self.max_connections,
+            tls: self.tls.as_ref(),
+            compression: self.compression,
+            compression_level: 6,
+            layering: Layering::default(),
+            handshake_timeout: Duration::from_secs(30),
+        }
     }
 
     pub fn build(&self) -> SparkSink {
@@ -365,14 +356,7 @@ impl Responder for SparkResponder {
 impl Sink for SparkSink {
     async fn run(self: Box<Self>, cx: SinkContext) -> Result<(), ComponentError> {
         let cfg = self.config;
-        let ip_filter = match &cfg.ip_filter {
-            Some(rules) => Some(IpFilter::parse(rules)?),
-            None => None,
-        };
-        let tls = match &cfg.tls {
-            Some(t) => Some(transport::tls_acceptor(&t.cert, &t.key)?),
-            None => None,
-        };
+        let options = cfg.listener().options()?;
         let listener = tokio::net::TcpListener::bind(cfg.bind)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", cfg.bind))?;
@@ -396,17 +380,6 @@ impl Sink for SparkSink {
             config: cfg.clone(),
         });
         let server = Arc::new(RpcServer::new(Protocol::spark(), ServerOptions::default()));
-        let options = ListenerOptions {
-            ip_filter,
-            max_connections: cfg.max_connections,
-            layers: ServerLayers {
-                tls,
-                compression: cfg.compression,
-                level: 6,
-                layering: Layering::default(),
-            },
-            handshake_timeout: Duration::from_secs(30),
-        };
         // Waiting getEventBatch calls answer "stopped" as soon as the sink stops, so their
         // connections reach a pack boundary and close.
         let stop_calls = {

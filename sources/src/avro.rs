@@ -7,7 +7,6 @@
 //! answered `FAILED`, while an undecodable `append` is an Avro system error.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,11 +16,10 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 use weir_avro_rpc::datum::{decode_event, decode_events, Status};
-use weir_avro_rpc::ipfilter::IpFilter;
-use weir_avro_rpc::listener::{self, ListenerOptions};
+use weir_avro_rpc::listener::{self, ListenerSettings};
 use weir_avro_rpc::protocol::Protocol;
 use weir_avro_rpc::server::{ConnectionInfo, Responder, RpcServer, ServerOptions};
-use weir_avro_rpc::transport::{self, Compression, Layering, ServerLayers};
+use weir_avro_rpc::transport::{Compression, Layering, TlsServerSettings};
 use weir_core::metrics::{ComponentMetrics, Counter, MetricName};
 use weir_core::{
     ByteSize, ChannelProcessor, ComponentError, ConfigDuration, Event, Source, SourceContext,
@@ -40,9 +38,10 @@ pub struct AvroSourceConfig {
     /// zlib level for replies when `compression = "deflate"` (Flume uses 6).
     #[serde(default = "default_compression_level")]
     pub compression_level: u32,
-    /// TLS with a PEM certificate chain and key (Flume's `ssl = true` clients connect).
+    /// TLS with a PEM certificate chain and key (Flume's `ssl = true` clients connect):
+    /// `tls = { cert = "cert.pem", key = "key.pem" }`.
     #[serde(default)]
-    pub tls: Option<TlsServerConfig>,
+    pub tls: Option<TlsServerSettings>,
     /// With both TLS and deflate: `"tls-outside"` (Flume ≤ 1.9, default) or
     /// `"deflate-outside"` (Flume 1.10+, whose pipelines put zlib under TLS).
     #[serde(default)]
@@ -65,16 +64,6 @@ pub struct AvroSourceConfig {
     /// Close a connection that stops in the middle of a request for this long.
     #[serde(default = "default_frame_timeout")]
     pub frame_timeout: ConfigDuration,
-}
-
-/// `tls = { cert = "…", key = "…" }`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct TlsServerConfig {
-    /// PEM certificate chain.
-    pub cert: PathBuf,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
 }
 
 const fn default_compression_level() -> u32 {
@@ -106,26 +95,21 @@ impl AvroSourceConfig {
         }
     }
 
+    fn listener(&self) -> ListenerSettings<'_> {
+        ListenerSettings {
+            ip_filter: self.ip_filter.as_deref(),
+            max_connections: self.max_connections,
+            tls: self.tls.as_ref(),
+            compression: self.compression,
+            compression_level: self.compression_level,
+            layering: self.layering,
+            handshake_timeout: self.frame_timeout.0,
+        }
+    }
+
     /// Problems serde cannot see, with their key: bad filter rules, unreadable TLS files.
     pub fn check(&self) -> Vec<(&'static str, String)> {
-        let mut errors = Vec::new();
-        if let Some(rules) = &self.ip_filter {
-            if let Err(e) = IpFilter::parse(rules) {
-                errors.push(("ip_filter", e.to_string()));
-            }
-        }
-        if let Some(tls) = &self.tls {
-            if let Err(e) = transport::server_tls_config(&tls.cert, &tls.key) {
-                errors.push(("tls", e.to_string()));
-            }
-        }
-        if self.compression_level > 9 {
-            errors.push(("compression_level", "must be 0 to 9".into()));
-        }
-        if self.max_connections == 0 {
-            errors.push(("max_connections", "must be at least 1".into()));
-        }
-        errors
+        self.listener().check()
     }
 
     pub fn build(&self) -> AvroSource {
@@ -216,19 +200,12 @@ impl Responder for FlumeResponder {
 impl Source for AvroSource {
     async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), ComponentError> {
         let cfg = self.config;
-        let ip_filter = match &cfg.ip_filter {
-            Some(rules) => Some(IpFilter::parse(rules)?),
-            None => None,
-        };
-        let tls = match &cfg.tls {
-            Some(t) => Some(transport::tls_acceptor(&t.cert, &t.key)?),
-            None => None,
-        };
+        let options = cfg.listener().options()?;
         let listener = TcpListener::bind(cfg.bind)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", cfg.bind))?;
         let addr = listener.local_addr()?;
-        info!(message = "avro source listening", %addr, compression = ?cfg.compression, tls = tls.is_some());
+        info!(message = "avro source listening", %addr, compression = ?cfg.compression, tls = cfg.tls.is_some());
         let server = Arc::new(RpcServer::new(
             Protocol::flume(),
             ServerOptions {
@@ -242,17 +219,6 @@ impl Source for AvroSource {
             output: cx.output.clone(),
             counters: Counters::new(&cx.metrics),
         });
-        let options = ListenerOptions {
-            ip_filter,
-            max_connections: cfg.max_connections,
-            layers: ServerLayers {
-                tls,
-                compression: cfg.compression,
-                level: cfg.compression_level,
-                layering: cfg.layering,
-            },
-            handshake_timeout: cfg.frame_timeout.0,
-        };
         listener::serve(
             listener,
             options,

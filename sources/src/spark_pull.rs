@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 use weir_avro_rpc::client::{ClientOptions, RpcClient};
 use weir_avro_rpc::protocol::Protocol;
-use weir_avro_rpc::transport::{self, BoxStream, ClientLayers, Compression, Layering};
+use weir_avro_rpc::transport::{BoxStream, ClientLayers, Compression, Layering, TlsClientSettings};
 use weir_core::component::Backoff;
 use weir_core::metrics::{Counter, MetricName};
 use weir_core::{ComponentError, ConfigDuration, Source, SourceContext};
@@ -34,23 +34,11 @@ pub struct SparkPullSourceConfig {
     /// keep this above the sink's empty wait.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: ConfigDuration,
-    /// TLS to the sinks.
+    /// TLS to the sinks: `tls = { ca = "ca.pem" }` or `tls = { trust_all = true }`.
     #[serde(default)]
-    pub tls: Option<TlsClientConfig>,
+    pub tls: Option<TlsClientSettings>,
     #[serde(default)]
     pub compression: Compression,
-}
-
-/// `tls = { ca = "…" }` or `tls = { trust_all = true }`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct TlsClientConfig {
-    #[serde(default)]
-    pub ca: Option<std::path::PathBuf>,
-    #[serde(default)]
-    pub trust_all: bool,
-    #[serde(default)]
-    pub server_name: Option<String>,
 }
 
 const fn default_batch_size() -> usize {
@@ -86,14 +74,14 @@ impl SparkPullSourceConfig {
         if self.parallelism == 0 {
             errors.push(("parallelism", "must be at least 1".into()));
         }
-        if let Some(tls) = &self.tls {
-            if tls.ca.is_none() && !tls.trust_all {
-                errors.push(("tls", "set `ca` (a PEM file) or `trust_all = true`".into()));
-            } else if let Err(e) = transport::client_tls_config(tls.ca.as_deref(), tls.trust_all) {
-                errors.push(("tls", e.to_string()));
-            }
+        if let Err(e) = self.layers() {
+            errors.push(("tls", e.to_string()));
         }
         errors
+    }
+
+    fn layers(&self) -> Result<ClientLayers, weir_avro_rpc::tls::TlsError> {
+        ClientLayers::from_settings(self.tls.as_ref(), self.compression, 6, Layering::default())
     }
 
     pub fn build(&self) -> SparkPullSource {
@@ -118,18 +106,7 @@ struct Counters {
 #[async_trait]
 impl Source for SparkPullSource {
     async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), ComponentError> {
-        let layers = ClientLayers {
-            tls: match &self.config.tls {
-                Some(t) => Some((
-                    transport::client_tls_config(t.ca.as_deref(), t.trust_all)?,
-                    t.server_name.clone(),
-                )),
-                None => None,
-            },
-            compression: self.config.compression,
-            level: 6,
-            layering: Layering::default(),
-        };
+        let layers = self.config.layers()?;
         let counters = Counters {
             received: cx.metrics.counter(MetricName::EventsReceivedTotal),
             accepted: cx.metrics.counter(MetricName::EventsAcceptedTotal),

@@ -246,3 +246,74 @@ pub fn weir(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// `weir send` of `lines` (written to a temp file) to an avro source on 127.0.0.1:
+/// (exit code, stderr).
+pub fn send_lines(addr: SocketAddr, lines: &str, extra: &[&str]) -> (i32, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("lines.txt");
+    std::fs::write(&file, lines).expect("write lines");
+    let port = addr.port().to_string();
+    let mut args = vec![
+        "send",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--file",
+        file.to_str().expect("utf-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    let (code, _, err) = weir(&args);
+    (code, err)
+}
+
+/// How many events a `weir send` reported acknowledged, from its standard error: all of them
+/// on success, the acknowledged prefix when it stopped early, 0 if it never got going.
+pub fn acknowledged(stderr: &str) -> usize {
+    for marker in [" events were acknowledged", " events acknowledged"] {
+        if let Some(i) = stderr.find(marker) {
+            let digits: String = stderr[..i]
+                .chars()
+                .rev()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            return digits
+                .chars()
+                .rev()
+                .collect::<String>()
+                .parse()
+                .unwrap_or(0);
+        }
+    }
+    0
+}
+
+/// `/usr/bin/python3`, checked to have Apache Avro for Python (python3-avro); fails loudly
+/// when it is missing rather than skipping (scripts/test installs it).
+pub fn python() -> Command {
+    let ok = Command::new("/usr/bin/python3")
+        .args(["-c", "import avro.ipc"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "/usr/bin/python3 cannot import avro: apt-get install -y python3-avro (scripts/test does)"
+    );
+    Command::new("/usr/bin/python3")
+}
+
+/// Paths to shared test material: the golden captures and the Python Netty peer.
+pub fn golden(name: &str) -> String {
+    format!(
+        "{}/../../shared/spec/golden/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+pub fn py_peer() -> String {
+    format!(
+        "{}/../avro-rpc/tests/py/netty_peer.py",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}

@@ -4,40 +4,13 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::net::{TcpListener, TcpStream};
+use std::process::Stdio;
 use std::time::Duration;
 
-use weir_tests::{message, wait_until, weir, Agent, Value};
+use weir_tests::{golden, message, py_peer, python, send_lines, wait_until, Agent, Value};
 
 const SECS: Duration = Duration::from_secs(30);
-
-fn golden(name: &str) -> String {
-    format!(
-        "{}/../../shared/spec/golden/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
-
-fn py_peer() -> String {
-    format!(
-        "{}/../avro-rpc/tests/py/netty_peer.py",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
-
-/// `/usr/bin/python3` with python3-avro; fails loudly when missing (scripts/test installs it).
-fn python() -> Command {
-    let ok = Command::new("/usr/bin/python3")
-        .args(["-c", "import avro.ipc"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "/usr/bin/python3 cannot import avro: apt-get install -y python3-avro (scripts/test does)"
-    );
-    Command::new("/usr/bin/python3")
-}
 
 fn console_to(source: &str) -> String {
     format!(
@@ -79,30 +52,11 @@ fn tls_files(dir: &std::path::Path) -> (String, String) {
     (c.display().to_string(), k.display().to_string())
 }
 
-fn send(addr: SocketAddr, lines: &str, extra: &[&str]) -> (i32, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("lines.txt");
-    std::fs::write(&file, lines).unwrap();
-    let port = addr.port().to_string();
-    let mut args = vec![
-        "send",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--file",
-        file.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let (code, _, err) = weir(&args);
-    (code, err)
-}
-
 #[test]
 fn weir_send_delivers_lines_with_headers() {
     let agent = Agent::start(&console_to(&avro_source("")));
     let addr = agent.listen_addr("in");
-    let (code, err) = send(
+    let (code, err) = send_lines(
         addr,
         "one\r\ntwo\nthree",
         &["--header", "host=web01", "--batch-size", "2"],
@@ -318,7 +272,7 @@ batch_size = 1000
         text.push('\n');
     }
     // The sender retries nothing: a FAILED (A's channel full) would show up as a non-zero exit.
-    let (code, err) = send(a_addr, &text, &["--batch-size", "1000"]);
+    let (code, err) = send_lines(a_addr, &text, &["--batch-size", "1000"]);
     assert_eq!(code, 0, "{err}");
     b.wait_stdout(N, Duration::from_secs(240));
     std::thread::sleep(Duration::from_millis(300));
@@ -378,7 +332,7 @@ fn bad_input_closes_only_the_offending_connection() {
     assert_eq!(&head[0..4], &[0, 0, 0, 7], "serial echoed");
     assert_eq!(head[12], 0x04, "HandshakeMatch NONE");
 
-    let (code, err) = send(addr, "still served\n", &[]);
+    let (code, err) = send_lines(addr, "still served\n", &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         agent.wait_stdout(1, SECS),
@@ -420,7 +374,7 @@ fn a_denied_ip_is_refused_before_any_data() {
         "ip_filter = \"deny:ip:127.0.0.*,allow:ip:*\"",
     )));
     let addr = agent.listen_addr("in");
-    let (code, err) = send(addr, "x\n", &[]);
+    let (code, err) = send_lines(addr, "x\n", &[]);
     assert_eq!(code, 1, "{err}");
     wait_until(SECS, "the refusal log", || {
         agent.logged("refused by ip filter")
@@ -450,7 +404,7 @@ bind = "127.0.0.1:0"
     );
     let addr = agent.listen_addr("in");
     let lines: String = (0..20).map(|i| format!("{i}\n")).collect();
-    let (code, err) = send(addr, &lines, &["--batch-size", "5"]);
+    let (code, err) = send_lines(addr, &lines, &["--batch-size", "5"]);
     assert_eq!(code, 1);
     assert!(
         err.contains("answered Failed after 10 events were acknowledged"),
@@ -486,7 +440,7 @@ connect_timeout = "2s"
 "#
     ));
     let fwd = forwarder.listen_addr("in");
-    let (code, err) = send(
+    let (code, err) = send_lines(
         fwd,
         &(0..100).map(|i| format!("a{i}\n")).collect::<String>(),
         &[],
@@ -506,7 +460,7 @@ connect_timeout = "2s"
     let mut batch = 0;
     wait_until(SECS, "the first host to be used again", || {
         batch += 1;
-        let (code, _) = send(fwd, &format!("b{batch}\n"), &[]);
+        let (code, _) = send_lines(fwd, &format!("b{batch}\n"), &[]);
         code == 0 && !primary.stdout_lines().is_empty()
     });
     let counts: HashMap<&str, usize> = [

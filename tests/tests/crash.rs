@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use weir_tests::{weir_bin, Agent};
+use weir_tests::{acknowledged, weir_bin, Agent};
 
 const CONFIG: &str = r#"
 [agent]
@@ -44,24 +44,6 @@ impl Lcg {
             .wrapping_add(1442695040888963407);
         (self.0 >> 33) % bound
     }
-}
-
-/// How many events `weir send` reported acknowledged.
-fn acknowledged(stderr: &str) -> usize {
-    let grab = |marker: &str| {
-        stderr.find(marker).and_then(|i| {
-            let before = &stderr[..i];
-            let digits: String = before
-                .chars()
-                .rev()
-                .take_while(|c| c.is_ascii_digit())
-                .collect();
-            digits.chars().rev().collect::<String>().parse().ok()
-        })
-    };
-    grab(" events were acknowledged")
-        .or_else(|| grab(" events acknowledged"))
-        .unwrap_or(0)
 }
 
 #[test]

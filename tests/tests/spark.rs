@@ -8,16 +8,15 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use weir_tests::{message, wait_until, weir, weir_bin, Agent, Value};
+use weir_tests::{
+    acknowledged, golden, message, py_peer, python, send_lines, wait_until, weir, weir_bin, Agent,
+    Value,
+};
 
 const SECS: Duration = Duration::from_secs(30);
 
 fn golden_lines(name: &str) -> Vec<Vec<u8>> {
-    let path = format!(
-        "{}/../../shared/spec/golden/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read_to_string(path)
+    std::fs::read_to_string(golden(name))
         .unwrap()
         .lines()
         .map(|l| {
@@ -83,21 +82,7 @@ empty_wait = "300ms"
 }
 
 fn send(addr: SocketAddr, lines: &str, extra: &[&str]) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("lines.txt");
-    std::fs::write(&file, lines).unwrap();
-    let port = addr.port().to_string();
-    let mut args = vec![
-        "send",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--file",
-        file.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let (code, _, err) = weir(&args);
+    let (code, err) = send_lines(addr, lines, extra);
     assert_eq!(code, 0, "{err}");
 }
 
@@ -150,24 +135,10 @@ fn a_python_spark_poller_acks_and_nacks() {
     let lines: String = (0..8).map(|i| format!("e{i}\n")).collect();
     send(agent.listen_addr("in"), &lines, &[]);
     let spark = agent.listen_addr("spark");
-    let ok = Command::new("/usr/bin/python3")
-        .args(["-c", "import avro.ipc"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "/usr/bin/python3 cannot import avro: apt-get install -y python3-avro"
-    );
-    let out = Command::new("/usr/bin/python3")
-        .arg(format!(
-            "{}/../avro-rpc/tests/py/netty_peer.py",
-            env!("CARGO_MANIFEST_DIR")
-        ))
+    let out = python()
+        .arg(py_peer())
         .arg("spark-client")
-        .arg(format!(
-            "{}/../../shared/spec/golden/sparkflume.avpr",
-            env!("CARGO_MANIFEST_DIR")
-        ))
+        .arg(golden("sparkflume.avpr"))
         .arg(spark.port().to_string())
         .output()
         .unwrap();
@@ -315,26 +286,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// How many events `weir send` reported acknowledged.
-fn acknowledged(stderr: &str) -> usize {
-    for marker in [" events were acknowledged", " events acknowledged"] {
-        if let Some(i) = stderr.find(marker) {
-            let digits: String = stderr[..i]
-                .chars()
-                .rev()
-                .take_while(|c| c.is_ascii_digit())
-                .collect();
-            return digits
-                .chars()
-                .rev()
-                .collect::<String>()
-                .parse()
-                .unwrap_or(0);
-        }
-    }
-    0
 }
 
 #[test]
