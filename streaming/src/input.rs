@@ -130,6 +130,12 @@ pub trait JobInput: Send {
     fn backlog(&self) -> Option<u64> {
         None
     }
+
+    /// True when the input keeps uncommitted data across a restart; a job drains the
+    /// others before it stops.
+    fn is_durable(&self) -> bool {
+        true
+    }
 }
 
 /// A channel as a job input. The job is the channel's only consumer.
@@ -201,6 +207,10 @@ impl JobInput for ChannelInput {
 
     fn backlog(&self) -> Option<u64> {
         Some(self.channel.stats().events)
+    }
+
+    fn is_durable(&self) -> bool {
+        self.channel.is_durable()
     }
 }
 

@@ -20,6 +20,9 @@ use crate::output::{Output, OutputError};
 use crate::rate::{PidConfig, RateController};
 use crate::stream::{BatchCx, EventStream, StateError};
 
+/// Most extra batches a stopping job runs to drain non-durable inputs.
+const DRAIN_BATCHES_MAX: usize = 100;
+
 /// Engine settings of one job (the declarative [`crate::JobConfig`] fills these in).
 #[derive(Clone, Debug)]
 pub struct JobOptions {
@@ -293,7 +296,8 @@ impl Job {
 
     /// Runs until `shutdown` is cancelled: recovers from the checkpoint, replays the
     /// journaled batches, then one batch per tick. On shutdown the batch in flight finishes,
-    /// a final checkpoint commits whatever is held, and `run` returns `Ok`. Any error leaves
+    /// non-durable inputs are drained by extra batches (at the following tick times, run at
+    /// once), a final checkpoint commits whatever is held, and `run` returns `Ok`. Any error leaves
     /// uncommitted inputs to roll back; running the job again (same data dir) resumes
     /// exactly-once for idempotent outputs.
     pub async fn run(mut self) -> Result<(), JobError> {
@@ -323,6 +327,27 @@ impl Job {
             // Never skip or merge ticks: a late batch makes the next one start late
             // (scheduling delay) rather than overlap or vanish.
             next += self.interval_ms;
+        }
+        // Graceful stop: what a non-durable input (a memory channel) still holds would be
+        // lost, so run further batches at the following tick times, without waiting, until
+        // it is empty (bounded, in case a source keeps filling it).
+        for _ in 0..DRAIN_BATCHES_MAX {
+            let backlog: u64 = self
+                .inputs
+                .iter()
+                .filter(|i| !i.is_durable())
+                .map(|i| i.backlog().unwrap_or(0))
+                .sum();
+            if backlog == 0 {
+                break;
+            }
+            self.run_batch(next, None).await?;
+            next += self.interval_ms;
+            // The backlog counts held (taken, uncommitted) events too: stop once a batch
+            // finds nothing new.
+            if self.metrics.last().is_some_and(|b| b.input_events == 0) {
+                break;
+            }
         }
         if !self.held.is_empty() {
             if let Some(t) = self.manifest.pending.last().map(|r| r.time_ms) {

@@ -236,3 +236,108 @@ async fn errors_per_host_per_minute_with_header_filter_and_window() {
         "the line without a host header is malformed"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn json_regex_key_by_and_reduce_sum_min_max() {
+    for (op, want) in [
+        ("sum", "(/a,15)\n(/b,7)\n"),
+        ("min", "(/a,5)\n(/b,7)\n"),
+        ("max", "(/a,10)\n(/b,7)\n"),
+    ] {
+        let ch = channel("in", 10_000);
+        let (buf, target) = print_buffer();
+        let stop = CancellationToken::new();
+        let job: JobConfig = toml::from_str(&format!(
+            r#"
+            input = "in"
+            steps = [
+              {{ regex = "^\\S+ (\\{{.*\\}})$" }},
+              {{ key_by = [{{ json = "req.path" }}] }},
+              {{ json = "bytes" }},
+              {{ reduce_by_key = "{op}" }},
+            ]
+            output = {{ type = "print" }}
+            "#
+        ))
+        .unwrap();
+        assert!(job.check().is_empty(), "{:?}", job.check());
+        let dir = tempfile::tempdir().unwrap();
+        let mut cx = BuildContext::new(vec![as_dyn(&ch)], dir.path().to_path_buf(), stop.clone());
+        cx.clock = Some(Arc::new(TokioClock::new(EPOCH)));
+        cx.print_target = Some(target);
+        let job = job.build("j", cx).unwrap();
+        let metrics = job.metrics();
+        let task = tokio::spawn(job.run());
+        let batch = lines(&[
+            r#"h1 {"req":{"path":"/a"},"bytes":10}"#,
+            r#"h2 {"req":{"path":"/b"},"bytes":"7"}"#,
+            r#"h1 {"req":{"path":"/a"},"bytes":5}"#,
+            r#"h1 {"req":{"path":"/a"},"bytes":"many"}"#,
+            r#"h1 {"req":{},"bytes":5}"#,
+            r#"h1 {not json}"#,
+            "no json at all",
+        ]);
+        feed(&ch, &metrics, &[batch], 0).await;
+        stop.cancel();
+        task.await.unwrap().unwrap();
+        let printed = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        assert!(
+            printed.ends_with(&format!(
+                "ms\n-------------------------------------------\n{want}\n"
+            )),
+            "{op}: {printed}"
+        );
+        assert_eq!(metrics.last().unwrap().malformed, 4, "{op}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn stopping_drains_a_memory_channel_in_extra_batches() {
+    let ch = channel("in", 10_000);
+    let (buf, target) = print_buffer();
+    let stop = CancellationToken::new();
+    let mut opts = JobOptions::new(Duration::from_secs(2));
+    opts.max_batch_events = 2;
+    let mut ctx = StreamingContext::new("d", opts).with_clock(Arc::new(TokioClock::new(EPOCH)));
+    let lines_in = ctx.channel(as_dyn(&ch));
+    ctx.add_output(lines_in.count().print_to(10, target));
+    let job = ctx.build(stop.clone()).unwrap();
+    let metrics = job.metrics();
+    ch.put(lines(&["a", "b", "c", "d", "e"])).await.unwrap();
+    stop.cancel();
+    job.run().await.unwrap();
+    assert_eq!(ch.stats().events, 0);
+    let sizes: Vec<u64> = metrics.batches().iter().map(|b| b.input_events).collect();
+    assert_eq!(sizes, vec![2, 2, 1]);
+    assert!(String::from_utf8(buf.lock().unwrap().clone())
+        .unwrap()
+        .contains("\n1\n"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn damaged_or_newer_checkpoints_fail_the_job_with_the_path() {
+    for (content, expect) in [
+        ("{ not json", "damaged"),
+        (r#"{"version": 99}"#, "format version 99"),
+    ] {
+        let ch = channel("in", 10);
+        let dir = tempfile::tempdir().unwrap();
+        let jobdir = dir.path().join("jobs").join("rc");
+        std::fs::create_dir_all(&jobdir).unwrap();
+        std::fs::write(jobdir.join("manifest.json"), content).unwrap();
+        let job: JobConfig =
+            toml::from_str("input = \"in\"\noutput = { type = \"print\" }").unwrap();
+        let stop = CancellationToken::new();
+        let job = job
+            .build(
+                "rc",
+                BuildContext::new(vec![as_dyn(&ch)], dir.path().to_path_buf(), stop),
+            )
+            .unwrap();
+        let err = job.run().await.unwrap_err().to_string();
+        assert!(
+            err.contains(expect) && err.contains("manifest.json"),
+            "{err}"
+        );
+    }
+}
