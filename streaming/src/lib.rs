@@ -53,6 +53,21 @@
 //! `rate × B` events per input (capped by `max_rate` and `max_batch_events`); the channel
 //! keeps the rest and, when full, its sources refuse upstream.
 
+//! # For the agent: running a `[jobs.NAME]` job
+//! ```ignore
+//! let cfg: JobConfig = /* the [jobs.NAME] table */;
+//! for (path, problem) in cfg.check() { /* report as jobs.NAME.<path>: <problem> */ }
+//! let inputs: Vec<Arc<dyn Channel>> = cfg.input_names().iter().map(|n| channels[n].clone()).collect();
+//! let mut cx = BuildContext::new(inputs, data_dir.clone(), shutdown.child_token());
+//! cx.events_output = avro_client_for(&cfg.output); // only for output.type = "avro"
+//! let job = cfg.build(&name, cx)?;                  // validates and opens <data_dir>/jobs/NAME/
+//! let metrics: JobMetrics = job.metrics();          // keep for the status/metrics endpoint
+//! tracker.spawn(job.run().instrument(span));        // Result<(), JobError>
+//! ```
+//! The job is the only consumer of its input channels (no sink may share them). On error,
+//! restart it with backoff by building it again from the same config and data dir: recovery
+//! replays the journaled batches.
+
 pub mod checkpoint;
 pub mod clock;
 pub mod config;

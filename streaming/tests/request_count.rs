@@ -341,3 +341,65 @@ async fn damaged_or_newer_checkpoints_fail_the_job_with_the_path() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn two_inputs_are_unioned_and_for_each_batch_sees_every_batch() {
+    let (a, b) = (channel("a", 100), channel("b", 100));
+    let (buf, target) = print_buffer();
+    let stop = CancellationToken::new();
+    let job: JobConfig = toml::from_str(
+        "inputs = [\"a\", \"b\"]\nsteps = [{ split = \",\", field = 1 }, { count_by_value = {} }]\noutput = { type = \"print\" }",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cx = BuildContext::new(
+        vec![as_dyn(&a), as_dyn(&b)],
+        dir.path().to_path_buf(),
+        stop.clone(),
+    );
+    cx.clock = Some(Arc::new(TokioClock::new(EPOCH)));
+    cx.print_target = Some(target);
+    let job = job.build("u", cx).unwrap();
+    let metrics = job.metrics();
+    a.put(lines(&["1,x", "2,y"])).await.unwrap();
+    b.put(lines(&["3,x"])).await.unwrap();
+    let task = tokio::spawn(job.run());
+    wait_until(Duration::from_secs(10), "a batch", || {
+        metrics.totals().0 >= 1
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert!(String::from_utf8(buf.lock().unwrap().clone())
+        .unwrap()
+        .contains("(x,2)\n(y,1)\n"));
+    assert_eq!(metrics.last().unwrap().input_events, 3);
+
+    // The Rust API's for_each_batch gets the batch time and the whole batch.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stop = CancellationToken::new();
+    let mut ctx = StreamingContext::new("fe", JobOptions::new(Duration::from_secs(2)))
+        .with_clock(Arc::new(TokioClock::new(EPOCH)));
+    let s = ctx.channel(as_dyn(&a)).union(ctx.channel(as_dyn(&b)));
+    let seen2 = seen.clone();
+    ctx.add_output(s.map(|e| e.body.len()).for_each_batch(move |t, v| {
+        seen2.lock().unwrap().push((t, v));
+        Ok(())
+    }));
+    let job = ctx.build(stop.clone()).unwrap();
+    let metrics = job.metrics();
+    a.put(lines(&["aa"])).await.unwrap();
+    b.put(lines(&["bbb"])).await.unwrap();
+    let task = tokio::spawn(job.run());
+    wait_until(Duration::from_secs(10), "two batches", || {
+        metrics.totals().0 >= 2
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen[..2],
+        [(EPOCH + 2000, vec![2, 3]), (EPOCH + 4000, vec![])]
+    );
+}
