@@ -43,6 +43,9 @@ pub struct JobOptions {
     pub max_batch_events: usize,
     /// Batches kept in [`JobMetrics`].
     pub retained_batches: usize,
+    /// After a restart, ticks missed while down are run back to back (as Spark does) unless
+    /// there are more than this many; then the job resumes at the next tick.
+    pub max_catch_up_batches: u64,
     /// Checkpoints go to `<data_dir>/jobs/<name>/`; `None` runs without checkpoints (inputs
     /// are committed after each batch's outputs; state is lost on restart).
     pub data_dir: Option<PathBuf>,
@@ -59,6 +62,7 @@ impl JobOptions {
             max_rate: None,
             max_batch_events: 2_000_000,
             retained_batches: 1000,
+            max_catch_up_batches: 1000,
             data_dir: None,
         }
     }
@@ -217,6 +221,7 @@ impl StreamingContext {
                 .checkpoint_interval
                 .map(|d| d.as_millis() as i64),
             stateful: stateful > 0,
+            max_catch_up_batches: self.options.max_catch_up_batches,
             clock: self.clock,
             inputs: self.inputs,
             outputs: self.outputs,
@@ -237,6 +242,7 @@ pub struct Job {
     interval_ms: i64,
     checkpoint_interval_ms: Option<i64>,
     stateful: bool,
+    max_catch_up_batches: u64,
     clock: SharedClock,
     inputs: Vec<Box<dyn JobInput>>,
     outputs: Vec<Output>,
@@ -310,6 +316,12 @@ impl Job {
             Some(last) => last + self.interval_ms,
             None => next_fresh,
         };
+        let missed = (next_fresh - next) / self.interval_ms;
+        if missed > self.max_catch_up_batches as i64 {
+            // Down for long: thousands of empty back-to-back batches would help nobody.
+            tracing::warn!(message = "Skipping ticks missed while the job was down.", job = %self.name, skipped = missed, resume_ms = next_fresh);
+            next = next_fresh;
+        }
         tracing::info!(message = "Job started.", job = %self.name, first_batch_ms = next);
         loop {
             let now = self.clock.now_ms();

@@ -34,7 +34,8 @@
 //!   state ends up exactly as without the crash.
 //! * Then batches continue on the grid right after the last batch done: ticks missed while
 //!   down are run at once, back to back (Spark re-runs them too), so batch times have no
-//!   holes and a batch cut but not journaled before the crash gets its original time.
+//!   holes and a batch cut but not journaled before the crash gets its original time
+//!   (beyond `max_catch_up_batches` missed ticks the job resumes at the next tick instead).
 //!
 //! Result: exactly-once state and exactly-once files for idempotent outputs; `print`,
 //! `events` and `for_each_batch` may repeat a batch (at-least-once).

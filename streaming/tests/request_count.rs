@@ -403,3 +403,60 @@ async fn two_inputs_are_unioned_and_for_each_batch_sees_every_batch() {
         [(EPOCH + 2000, vec![2, 3]), (EPOCH + 4000, vec![])]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn restart_runs_missed_ticks_unless_down_for_long() {
+    let ch = channel("in", 100);
+    let dir = tempfile::tempdir().unwrap();
+    let clock: weir_streaming::clock::SharedClock = Arc::new(TokioClock::new(EPOCH));
+    let job_cfg: JobConfig =
+        toml::from_str("input = \"in\"\noutput = { type = \"print\" }").unwrap();
+    let start = |stop: CancellationToken| {
+        let (_, target) = print_buffer();
+        let mut cx = BuildContext::new(vec![as_dyn(&ch)], dir.path().to_path_buf(), stop);
+        cx.clock = Some(clock.clone());
+        cx.print_target = Some(target);
+        job_cfg.build("m", cx).unwrap()
+    };
+    let times = |m: &weir_streaming::JobMetrics| -> Vec<i64> {
+        m.batches()
+            .iter()
+            .map(|b| (b.batch_time_ms - EPOCH) / 1000)
+            .collect()
+    };
+
+    let stop = CancellationToken::new();
+    let job = start(stop.clone());
+    let m = job.metrics();
+    let task = tokio::spawn(job.run());
+    wait_until(Duration::from_secs(10), "one batch", || m.totals().0 >= 1).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(times(&m), vec![2]);
+
+    // Down ~5 s: the missed ticks 4 and 6 run at once, then 8 on time.
+    tokio::time::sleep(Duration::from_millis(5000)).await;
+    let stop = CancellationToken::new();
+    let job = start(stop.clone());
+    let m = job.metrics();
+    let task = tokio::spawn(job.run());
+    wait_until(Duration::from_secs(10), "three batches", || {
+        m.totals().0 >= 3
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(times(&m), vec![4, 6, 8]);
+    assert!(m.batches()[0].scheduling_delay_ms > 0);
+
+    // Down an hour (1800 ticks > 1000): resume at the next tick.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let stop = CancellationToken::new();
+    let job = start(stop.clone());
+    let m = job.metrics();
+    let task = tokio::spawn(job.run());
+    wait_until(Duration::from_secs(10), "a batch", || m.totals().0 >= 1).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(times(&m), vec![3610]);
+}
