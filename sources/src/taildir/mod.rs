@@ -47,7 +47,7 @@ mod tests;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -65,7 +65,7 @@ pub use positions::PositionEntry;
 pub use reader::LineOverflow;
 
 use positions::{IdEntry, PositionFileError};
-use reader::{FileReader, Line};
+use reader::{fingerprint, FileReader, Fingerprint, Line, FINGERPRINT_BYTES};
 use watcher::{FileEvents, Found, Pattern, PatternError};
 
 /// `[sources.NAME] type = "taildir"`.
@@ -415,33 +415,6 @@ impl Source for TaildirSource {
 }
 
 type FileKey = (u64, u64);
-
-/// CRC32 of a file's first `len` bytes (`len` ≤ [`FINGERPRINT_BYTES`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Fingerprint {
-    len: u64,
-    crc: u32,
-}
-
-const FINGERPRINT_BYTES: u64 = 1024;
-
-fn fingerprint(file: &File, len: u64) -> io::Result<Fingerprint> {
-    let mut buf = vec![0u8; len.min(FINGERPRINT_BYTES) as usize];
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(got);
-    Ok(Fingerprint {
-        len: got as u64,
-        crc: crc32fast::hash(&buf),
-    })
-}
 
 struct Tracked {
     path: PathBuf,

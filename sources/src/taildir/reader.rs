@@ -7,8 +7,38 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 
 use bytes::{Bytes, BytesMut};
+
+/// CRC32 of a file's first `len` bytes (`len` ≤ [`FINGERPRINT_BYTES`]): tells a truncated or
+/// replaced file from the one that was being read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub len: u64,
+    pub crc: u32,
+}
+
+pub const FINGERPRINT_BYTES: u64 = 1024;
+
+/// The fingerprint of up to `len` first bytes (fewer when the file is shorter).
+pub fn fingerprint(file: &File, len: u64) -> io::Result<Fingerprint> {
+    let mut buf = vec![0u8; len.min(FINGERPRINT_BYTES) as usize];
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(got);
+    Ok(Fingerprint {
+        len: got as u64,
+        crc: crc32fast::hash(&buf),
+    })
+}
 
 /// What to do with a line longer than `max_line_bytes`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -34,7 +64,8 @@ pub struct FillOutcome {
     pub bytes_read: u64,
     pub split: u64,
     pub truncated: u64,
-    /// The file is now shorter than what was read: it was truncated (copytruncate).
+    /// The file is now shorter than what was read, or its first bytes changed: it was
+    /// truncated (copytruncate) or replaced, even if it has grown again since.
     pub shrunk: bool,
 }
 
@@ -50,6 +81,9 @@ pub struct FileReader {
     read_size: usize,
     max_line: usize,
     overflow: LineOverflow,
+    /// The first bytes as they were when read; checked before every read.
+    fp: Fingerprint,
+    replaced: bool,
 }
 
 /// Reads a batch never issues more than this many reads, so one call stays short even when a
@@ -69,7 +103,10 @@ impl FileReader {
         overflow: LineOverflow,
     ) -> io::Result<Self> {
         file.seek(SeekFrom::Start(pos))?;
+        let fp = fingerprint(&file, FINGERPRINT_BYTES)?;
         Ok(FileReader {
+            fp,
+            replaced: false,
             file,
             buf: BytesMut::new(),
             buf_start: pos,
@@ -114,6 +151,11 @@ impl FileReader {
         self.read_pos = pos;
         self.scanned = 0;
         self.discarding = discarding;
+        if pos == 0 {
+            // Reading a truncated or replaced file from its start: it is the file now.
+            self.fp = fingerprint(&self.file, FINGERPRINT_BYTES)?;
+            self.replaced = false;
+        }
         Ok(())
     }
 
@@ -132,7 +174,8 @@ impl FileReader {
             out.bytes_read += n as u64;
             if n == 0 {
                 out.eof = true;
-                out.shrunk = self.file.metadata()?.len() < self.read_pos;
+                out.shrunk = std::mem::take(&mut self.replaced)
+                    || self.file.metadata()?.len() < self.read_pos;
                 return Ok(out);
             }
         }
@@ -165,6 +208,16 @@ impl FileReader {
                 self.buf = BytesMut::new();
             }
             return Ok(0);
+        }
+        // New bytes: first make sure they extend the file that was read, not a truncated and
+        // rewritten one (copytruncate followed at once by new lines).
+        let now = fingerprint(&self.file, self.fp.len)?;
+        if now != self.fp {
+            self.replaced = true;
+            return Ok(0);
+        }
+        if self.fp.len < FINGERPRINT_BYTES && size > self.fp.len {
+            self.fp = fingerprint(&self.file, FINGERPRINT_BYTES)?;
         }
         let avail = usize::try_from(size - self.read_pos).unwrap_or(usize::MAX);
         let want = avail.min(self.read_size);

@@ -997,3 +997,34 @@ async fn an_inode_reused_at_the_same_path_is_read_from_the_start() {
     assert_eq!(h.check(&all), 0);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_copytruncate_with_immediate_rewrites() {
+    let mut h = Harness::new(&["*.log"]);
+    let log = h.path("ct.log");
+    let mut expected = Vec::new();
+    h.start();
+    for round in 0..20u64 {
+        let l = lines(&format!("k{round}"), 0..30);
+        append(&log, &l);
+        expected.extend(l);
+        h.wait_all(&expected).await;
+        // Copy aside, truncate, and write again at once: the new bytes must not be taken for
+        // a continuation of the old file.
+        fs::copy(&log, h.path(&format!("ct.old.{round}"))).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        // Longer than what was read: only the fingerprint can tell.
+        let l = lines(&format!("n{round}"), 0..40 * (round + 1));
+        append(&log, &l);
+        expected.extend(l);
+    }
+    h.wait_all(&expected).await;
+    assert_eq!(h.check(&expected), 0);
+    assert!(TaildirStats::get(&h.stats().truncations) >= 19);
+    h.stop().await;
+}
