@@ -859,7 +859,7 @@ mod tests {
         }
         /// Waits for a condition on the channel without taking from it.
         async fn wait_full(&self, n: u64) {
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(30);
             while self.channel.stats().events < n {
                 assert!(
                     Instant::now() < deadline,
@@ -869,7 +869,7 @@ mod tests {
             }
         }
         async fn wait(&mut self, what: &str, cond: impl Fn(&Self) -> bool) {
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 self.drain().await;
                 if cond(self) {

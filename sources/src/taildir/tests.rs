@@ -19,7 +19,7 @@ use weir_core::{
 
 use super::*;
 
-const WAIT: Duration = Duration::from_secs(20);
+const WAIT: Duration = Duration::from_secs(30);
 
 struct Harness {
     dir: tempfile::TempDir,
