@@ -473,6 +473,8 @@ struct Tailer {
     positions_dirty: bool,
     position_write: Option<JoinHandle<Result<(), PositionFileError>>>,
     last_position_write: Option<Instant>,
+    /// After a failed position write, the next waits until then (no error flood).
+    position_retry_at: Option<Instant>,
     backoff: Backoff,
 }
 
@@ -509,6 +511,7 @@ impl Tailer {
             positions_dirty: false,
             position_write: None,
             last_position_write: None,
+            position_retry_at: None,
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
         }
     }
@@ -659,19 +662,27 @@ impl Tailer {
         match res {
             Ok(Ok(())) => {
                 self.stats.position_writes.fetch_add(1, Ordering::Relaxed);
+                if self.position_retry_at.take().is_some() {
+                    info!(message = "position writes work again");
+                }
             }
             Ok(Err(e)) => {
-                self.counters.errors.inc(1);
-                self.positions_dirty = true;
-                self.last_ids.clear();
-                error!(message = "position write failed; will retry", error = %e);
+                self.position_write_failed();
+                // Logged once per retry period, not per batch.
+                error!(message = "position write failed; retrying in 1s (a restart now would repeat lines)", error = %e);
             }
             Err(e) => {
-                self.counters.errors.inc(1);
-                self.positions_dirty = true;
-                error!(message = "position write panicked; will retry", error = %e);
+                self.position_write_failed();
+                error!(message = "position write panicked; retrying in 1s", error = %e);
             }
         }
+    }
+
+    fn position_write_failed(&mut self) {
+        self.counters.errors.inc(1);
+        self.positions_dirty = true;
+        self.last_ids.clear();
+        self.position_retry_at = Some(Instant::now() + Duration::from_secs(1));
     }
 
     /// Starts a position write when positions changed, none is in flight and the interval
@@ -691,6 +702,9 @@ impl Tailer {
             if last.elapsed() < self.cfg.position_interval.0 {
                 return;
             }
+        }
+        if self.position_retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
         }
         let bytes = match self.encode_positions() {
             Ok(b) => b,

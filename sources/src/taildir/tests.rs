@@ -1028,3 +1028,41 @@ async fn repeated_copytruncate_with_immediate_rewrites() {
     assert!(TaildirStats::get(&h.stats().truncations) >= 19);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_position_writes_are_retried_and_tailing_goes_on() {
+    let mut h = Harness::new(&["*.log"]);
+    let log = h.path("p.log");
+    let mut expected = lines("q", 0..100);
+    append(&log, &expected);
+    h.start();
+    h.wait_all(&expected).await;
+    // The position file's directory turns into a plain file: writes fail (ENOTDIR even as root).
+    let state = h.position_file.parent().unwrap().to_path_buf();
+    fs::remove_dir_all(&state).unwrap();
+    fs::write(&state, b"in the way").unwrap();
+    let more = lines("q", 100..200);
+    append(&log, &more);
+    expected.extend(more);
+    h.wait_all(&expected).await;
+    h.wait_until("a failed position write", |h| {
+        h.registry
+            .snapshot()
+            .iter()
+            .any(|s| s.name == MetricName::ErrorsTotal && s.value > 0)
+    })
+    .await;
+    // Fixed: the next retry writes the latest committed positions.
+    fs::remove_file(&state).unwrap();
+    fs::create_dir(&state).unwrap();
+    let pos_file = h.position_file.clone();
+    let size = fs::metadata(&log).unwrap().len();
+    h.wait_until("positions written again", |_| {
+        fs::read(&pos_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Vec<PositionEntry>>(&b).ok())
+            .is_some_and(|e| e.iter().any(|e| e.pos == size))
+    })
+    .await;
+    restart_then_crash(&mut h, &[log], &mut expected, "position-faults").await;
+}
