@@ -1261,7 +1261,10 @@ impl Tailer {
             if !lines.is_empty() {
                 self.deliver(key, lines, cx).await?;
             }
-            self.restart_truncated(key, "size below the read position");
+            self.restart_truncated(
+                key,
+                "file shorter than the read position, or its first bytes changed",
+            );
             return Ok(true);
         }
         if out.lines.is_empty() {
@@ -1273,7 +1276,8 @@ impl Tailer {
                     self.positions_dirty = true;
                 }
             }
-            return Ok(false);
+            // Still reading through a dropped over-long line: keep going without a pause.
+            return Ok(out.bytes_read > 0 && !out.eof);
         }
         self.deliver(key, out.lines, cx).await
     }
