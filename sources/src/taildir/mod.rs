@@ -866,23 +866,26 @@ impl Tailer {
         pos
     }
 
-    /// Entries whose file still has the same inode at the recorded path but no longer matches
-    /// the patterns (rotated while stopped): read them to their end.
+    /// Entries whose file still has the same inode at the recorded path, under a pattern's
+    /// directory, but no longer matches the patterns (rotated while stopped): read them to
+    /// their end.
     fn resume_orphans(&mut self, restored: &mut [PositionEntry], used: &[bool]) {
         for (e, _) in restored.iter().zip(used).filter(|(_, u)| !**u) {
-            let path = PathBuf::from(&e.file);
-            let Ok(meta) = std::fs::metadata(&path) else {
+            let recorded = PathBuf::from(&e.file);
+            // Only rotated names under a pattern's directory, not files of an old config.
+            if !self.patterns.iter().any(|p| recorded.starts_with(p.base())) {
+                continue;
+            }
+            let Some((path, meta)) = self.find_orphan(e, &recorded) else {
                 continue;
             };
             let key = (meta.dev(), meta.ino());
-            if meta.ino() != e.inode || !meta.is_file() || self.files.contains_key(&key) {
-                continue;
-            }
-            if e.pos >= meta.size() || self.same_as_stored(key.0, key.1, &path) == Some(false) {
+            if self.files.contains_key(&key) || e.pos >= meta.size() {
                 continue;
             }
             info!(
                 message = "resuming a file outside the patterns to read it to its end",
+                recorded = %recorded.display(),
                 path = %path.display(),
                 position = e.pos
             );
@@ -895,7 +898,54 @@ impl Tailer {
                 mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
             };
             self.track_new(key, &f, e.pos, false);
+            if f.path != recorded {
+                // The new file at the old name waits until this one is read to its end.
+                if let Some(t) = self.files.get_mut(&key) {
+                    t.former_path = Some(recorded.clone());
+                }
+                if let Some(next) = self.by_path.get(&recorded).copied() {
+                    if let Some(t) = self.files.get_mut(&next) {
+                        t.predecessor = Some(key);
+                    }
+                }
+            }
         }
+    }
+
+    /// The file of an entry: at its recorded path (same inode, fingerprint not contradicting),
+    /// or — renamed while stopped, logrotate style — in the same directory under another name,
+    /// which needs the stored fingerprint to prove it is the same file.
+    fn find_orphan(
+        &self,
+        e: &PositionEntry,
+        recorded: &Path,
+    ) -> Option<(PathBuf, std::fs::Metadata)> {
+        if let Ok(meta) = std::fs::metadata(recorded) {
+            if meta.is_file()
+                && meta.ino() == e.inode
+                && self.same_as_stored(meta.dev(), meta.ino(), recorded) != Some(false)
+            {
+                return Some((recorded.to_path_buf(), meta));
+            }
+        }
+        if !self.restored_ids.iter().any(|i| i.inode == e.inode) {
+            return None;
+        }
+        let dir = recorded.parent()?;
+        // Bounded by the directory's size; runs once, at startup, per unmatched entry.
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.is_file()
+                && meta.ino() == e.inode
+                && self.same_as_stored(meta.dev(), meta.ino(), &path) == Some(true)
+            {
+                return Some((path, meta));
+            }
+        }
+        None
     }
 
     fn update_known(&mut self, key: FileKey, f: &Found) {

@@ -1067,3 +1067,32 @@ async fn failing_position_writes_are_retried_and_tailing_goes_on() {
     .await;
     restart_then_crash(&mut h, &[log], &mut expected, "position-faults").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rotated_out_of_the_patterns_while_stopped_is_finished() {
+    let mut h = Harness::new(&["*.log"]);
+    let log = h.path("app.log");
+    let mut expected = lines("o", 0..100);
+    append(&log, &expected);
+    h.start();
+    h.wait_all(&expected).await;
+    h.stop().await;
+    // While stopped: the writer adds lines, logrotate renames to a name outside `*.log`
+    // and a new file starts.
+    let tail = lines("o", 100..130);
+    append(&log, &tail);
+    expected.extend(tail);
+    fs::rename(&log, h.path("app.log.1")).unwrap();
+    let new = lines("o", 130..140);
+    append(&log, &new);
+    expected.extend(new);
+    h.start();
+    h.wait_all(&expected).await;
+    assert_eq!(h.check(&expected), 0);
+    h.assert_in_order("o");
+    h.wait_until("release of the rotated file", |h| {
+        TaildirStats::get(&h.stats().released) >= 1
+    })
+    .await;
+    h.stop().await;
+}

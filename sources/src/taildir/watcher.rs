@@ -80,7 +80,6 @@ impl Pattern {
         })
     }
 
-    #[cfg(test)]
     pub fn base(&self) -> &Path {
         &self.base
     }
