@@ -7,10 +7,13 @@
 //!   descriptor to its end. A new file that appears at a path an unfinished rotated file used to
 //!   have waits until that predecessor is read to its end, so lines of one path come out in
 //!   order.
-//! * A CRC32 of the first bytes (up to 1 KiB) is kept at run time; a size below the read
-//!   position, or changed first bytes, means the file was truncated (copytruncate) or replaced:
-//!   logged, counted, read again from offset 0. Lines written between the tailer's last read and
-//!   the truncation cannot be recovered (inherent to copytruncate).
+//! * A CRC32 of the first bytes (up to 1 KiB) is checked before every read and at every scan;
+//!   a size below the read position, or changed first bytes, means the file was truncated
+//!   (copytruncate) or replaced: logged, counted, read again from offset 0, even when it has
+//!   already grown past the old position. Lines written between the tailer's last read and the
+//!   truncation cannot be recovered (inherent to copytruncate), and a copy whose name matches
+//!   the patterns is a new file, read from its start (as in Flume): give copytruncate rotations
+//!   a pattern that excludes the copies.
 //! * A file that vanishes from the patterns (deleted, or renamed to a name that does not match)
 //!   is read to its end through its descriptor and released once it has been idle at its end
 //!   for `rotate_wait`.
@@ -23,11 +26,12 @@
 //!   always on a clean stop. A restart resumes exactly at the committed end: after a clean stop
 //!   nothing is lost or repeated; after a crash, lines committed after the last position write
 //!   are delivered again (at-least-once).
-//! * On restart, an entry applies to a file with the same inode **and** path (Flume's rule);
-//!   an entry whose path still holds that inode but no longer matches the patterns (rotated
-//!   while weir was down) is resumed too and read to its end. The fingerprint is not stored
-//!   (Flume's format has no room for it), so inode reuse at the same path while weir is down,
-//!   with a new file at least as long as the old position, is not detected.
+//! * On restart, an entry applies to a file with the same inode and path (Flume's rule) unless
+//!   the stored fingerprint (the `.ids` file beside the position file) says the inode now holds
+//!   other content (reused: read from 0). With the fingerprint, a file renamed while weir was
+//!   stopped is recognised under its new name (matched by the patterns, or in the same
+//!   directory outside them) and resumed at its position, before the new file at its old name.
+//!   Without it (a position file written by Flume) Flume's rule alone applies.
 //! * `start_at = "end"` applies to files found by the first scan that have no position entry
 //!   (Flume's `skipToEnd`); files that appear later are always read from their start.
 //!

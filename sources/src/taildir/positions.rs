@@ -15,8 +15,7 @@
 //! * Written atomically: `<file>.tmp` is written and fsynced, renamed over the file, and the
 //!   directory is fsynced, so a crash leaves either the old or the new list, never a torn one.
 //! * Flume's file has no version field and its reader rejects unknown keys, so weir writes
-//!   exactly these three keys. The file fingerprint weir uses at run time (to catch inode reuse
-//!   and copytruncate) is therefore not persisted; see the module docs of `taildir`.
+//!   exactly these three keys; what weir knows beyond them goes to a second file.
 //! * Beside it, `<file>.ids` (weir's own, Flume ignores it) records each tracked file's device
 //!   and fingerprint (length and CRC32 of its first bytes, up to 1 KiB):
 //!   `[{"inode":…,"dev":…,"fp_len":…,"fp_crc":…}]`. It is rewritten (atomically, before the
