@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
+use weir_core::ComponentError;
 use weir_core::{Channel, MemoryChannel, MemoryChannelConfig, Sink, Source};
 use weir_sinks::avro::AvroSinkConfig;
 use weir_sinks::console::ConsoleSinkConfig;
@@ -12,7 +13,11 @@ use weir_sinks::null::NullSinkConfig;
 use weir_sinks::spark::SparkSinkConfig;
 use weir_sources::avro::AvroSourceConfig;
 use weir_sources::spark_pull::SparkPullSourceConfig;
+use weir_sources::spooldir::SpooldirSourceConfig;
+use weir_sources::syslog::{SyslogMode, SyslogSourceConfig};
+use weir_sources::taildir::TaildirSourceConfig;
 use weir_sources::tcp::TcpSourceConfig;
+use weir_sources::udp::UdpSourceConfig;
 use weir_wal::{FileChannel, FileChannelConfig};
 
 /// A problem in one component table: the key path inside the table (empty for the table
@@ -68,17 +73,51 @@ fn checked<T>(config: T, problems: Vec<(&'static str, String)>) -> Result<T, Fie
 pub enum SourceConfig {
     Avro(AvroSourceConfig),
     SparkPull(SparkPullSourceConfig),
+    Spooldir(SpooldirSourceConfig),
+    Syslog(SyslogSourceConfig),
+    Taildir(TaildirSourceConfig),
     Tcp(TcpSourceConfig),
+    Udp(UdpSourceConfig),
+}
+
+/// A port a component listens on, for the clash check: TCP and UDP ports are separate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listen {
+    pub key: &'static str,
+    pub addr: SocketAddr,
+    pub udp: bool,
+}
+
+impl Listen {
+    fn tcp(key: &'static str, addr: SocketAddr) -> Self {
+        Listen {
+            key,
+            addr,
+            udp: false,
+        }
+    }
 }
 
 impl SourceConfig {
-    pub const TYPES: &'static [&'static str] = &["avro", "spark_pull", "tcp"];
+    pub const TYPES: &'static [&'static str] = &[
+        "avro",
+        "spark_pull",
+        "spooldir",
+        "syslog",
+        "taildir",
+        "tcp",
+        "udp",
+    ];
 
     pub fn parse(kind: &str, table: toml::Value) -> Result<Self, FieldError> {
         match kind {
             "avro" => parse_checked!(table, AvroSourceConfig, SourceConfig::Avro),
             "spark_pull" => parse_checked!(table, SparkPullSourceConfig, SourceConfig::SparkPull),
+            "spooldir" => parse_checked!(table, SpooldirSourceConfig, SourceConfig::Spooldir),
+            "syslog" => parse_checked!(table, SyslogSourceConfig, SourceConfig::Syslog),
+            "taildir" => parse_checked!(table, TaildirSourceConfig, SourceConfig::Taildir),
             "tcp" => parse_checked!(table, TcpSourceConfig, SourceConfig::Tcp),
+            "udp" => parse_checked!(table, UdpSourceConfig, SourceConfig::Udp),
             other => Err(unknown_type(other, Self::TYPES)),
         }
     }
@@ -87,25 +126,51 @@ impl SourceConfig {
         match self {
             SourceConfig::Avro(_) => "avro",
             SourceConfig::SparkPull(_) => "spark_pull",
+            SourceConfig::Spooldir(_) => "spooldir",
+            SourceConfig::Syslog(_) => "syslog",
+            SourceConfig::Taildir(_) => "taildir",
             SourceConfig::Tcp(_) => "tcp",
+            SourceConfig::Udp(_) => "udp",
         }
     }
 
-    /// Addresses this source listens on, with their key, for the port-clash check.
-    pub fn listen_addrs(&self) -> Vec<(&'static str, SocketAddr)> {
+    /// Ports this source listens on, for the port-clash check.
+    pub fn listens(&self) -> Vec<Listen> {
         match self {
-            SourceConfig::Avro(c) => vec![("bind", c.bind)],
-            SourceConfig::SparkPull(_) => Vec::new(),
-            SourceConfig::Tcp(c) => vec![("bind", c.bind)],
+            SourceConfig::Avro(c) => vec![Listen::tcp("bind", c.bind)],
+            SourceConfig::Syslog(c) => vec![Listen {
+                key: "bind",
+                addr: c.bind,
+                udp: c.mode == SyslogMode::Udp,
+            }],
+            SourceConfig::Tcp(c) => vec![Listen::tcp("bind", c.bind)],
+            SourceConfig::Udp(c) => vec![Listen {
+                key: "bind",
+                addr: c.bind,
+                udp: true,
+            }],
+            SourceConfig::SparkPull(_) | SourceConfig::Spooldir(_) | SourceConfig::Taildir(_) => {
+                Vec::new()
+            }
         }
     }
 
-    pub fn build(&self) -> Box<dyn Source> {
-        match self {
+    /// A fresh source (called again on every restart). `data_dir` and `id` place per-source
+    /// state such as taildir's position file.
+    pub fn build(
+        &self,
+        data_dir: &std::path::Path,
+        id: &str,
+    ) -> Result<Box<dyn Source>, ComponentError> {
+        Ok(match self {
             SourceConfig::Avro(c) => Box::new(c.build()),
             SourceConfig::SparkPull(c) => Box::new(c.build()),
+            SourceConfig::Spooldir(c) => Box::new(c.build()?),
+            SourceConfig::Syslog(c) => Box::new(c.build()?),
+            SourceConfig::Taildir(c) => Box::new(c.build_with_data_dir(data_dir, id)?),
             SourceConfig::Tcp(c) => Box::new(c.build()),
-        }
+            SourceConfig::Udp(c) => Box::new(c.build()?),
+        })
     }
 }
 
@@ -208,9 +273,9 @@ impl SinkConfig {
         }
     }
 
-    pub fn listen_addrs(&self) -> Vec<(&'static str, SocketAddr)> {
+    pub fn listens(&self) -> Vec<Listen> {
         match self {
-            SinkConfig::Spark(c) => vec![("bind", c.bind)],
+            SinkConfig::Spark(c) => vec![Listen::tcp("bind", c.bind)],
             _ => Vec::new(),
         }
     }

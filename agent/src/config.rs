@@ -7,14 +7,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use weir_core::{ConfigDuration, SelectorConfig};
 
-use crate::components::{deserialize, ChannelConfig, FieldError, SinkConfig, SourceConfig};
+use crate::components::{deserialize, ChannelConfig, FieldError, Listen, SinkConfig, SourceConfig};
 use crate::http::HttpConfig;
+use weir_streaming::JobConfig;
 
 /// `[agent]`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -64,10 +64,12 @@ pub struct SinkDef {
     pub config: SinkConfig,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Config {
     pub agent: AgentConfig,
     pub http: Option<HttpConfig>,
+    /// `[jobs.NAME]`: micro-batch jobs, each the only consumer of its input channels.
+    pub jobs: BTreeMap<String, JobConfig>,
     pub sources: BTreeMap<String, SourceDef>,
     pub channels: BTreeMap<String, ChannelConfig>,
     pub sinks: BTreeMap<String, SinkDef>,
@@ -106,7 +108,7 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
-const SECTIONS: &[&str] = &["agent", "http", "sources", "channels", "sinks"];
+const SECTIONS: &[&str] = &["agent", "http", "sources", "channels", "sinks", "jobs"];
 
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let origin = path.display().to_string();
@@ -254,9 +256,27 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
         }
     }
 
+    let mut jobs = BTreeMap::new();
+    for (name, table) in section(&mut root, "jobs", &mut errors) {
+        let at = format!("jobs.{name}");
+        match deserialize::<JobConfig>(table) {
+            Ok(job) => {
+                for (path, message) in job.check() {
+                    errors.push(err(format!("{at}.{path}"), message));
+                }
+                for channel in job.input_names() {
+                    declared.consumers.push((at.clone(), channel));
+                }
+                jobs.insert(name, job);
+            }
+            Err(e) => errors.push(located(&at, e)),
+        }
+    }
+
     let config = Config {
         agent,
         http,
+        jobs,
         sources,
         channels,
         sinks,
@@ -438,7 +458,12 @@ fn check_wiring(config: &Config, declared: &Declared) -> Vec<ConfigError> {
     let mut consumers: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (path, channel) in &declared.consumers {
         if !exists(channel) {
-            errors.push(err(format!("{path}.channel"), missing(channel)));
+            let key = if path.starts_with("jobs.") {
+                "input"
+            } else {
+                "channel"
+            };
+            errors.push(err(format!("{path}.{key}"), missing(channel)));
         }
         consumers
             .entry(channel.as_str())
@@ -449,7 +474,7 @@ fn check_wiring(config: &Config, declared: &Declared) -> Vec<ConfigError> {
         match consumers.get(name.as_str()).map(Vec::as_slice) {
             None | Some([]) => errors.push(err(
                 format!("channels.{name}"),
-                "no sink drains this channel: events put into it would never leave",
+                "no sink or job drains this channel: events put into it would never leave",
             )),
             Some([_]) => {}
             Some(many) => errors.push(err(
@@ -462,54 +487,63 @@ fn check_wiring(config: &Config, declared: &Declared) -> Vec<ConfigError> {
         }
     }
 
-    let mut listeners: Vec<(String, SocketAddr)> = Vec::new();
-    let http = config
-        .http
-        .iter()
-        .map(|h| ("http.bind".to_string(), h.bind));
-    let addrs = http.chain(
-        config
-            .sources
-            .iter()
-            .flat_map(|(n, s)| {
-                s.config
-                    .listen_addrs()
-                    .into_iter()
-                    .map(move |(k, a)| (format!("sources.{n}.{k}"), a))
-            })
-            .chain(config.sinks.iter().flat_map(|(n, s)| {
-                s.config
-                    .listen_addrs()
-                    .into_iter()
-                    .map(move |(k, a)| (format!("sinks.{n}.{k}"), a))
-            })),
-    );
-    for (path, addr) in addrs {
-        if addr.port() != 0 {
-            if let Some((other, _)) = listeners.iter().find(|(_, a)| clashes(*a, addr)) {
+    let mut listeners: Vec<(String, Listen)> = Vec::new();
+    let http = config.http.iter().map(|h| {
+        (
+            "http.bind".to_string(),
+            Listen {
+                key: "bind",
+                addr: h.bind,
+                udp: false,
+            },
+        )
+    });
+    let sources = config.sources.iter().flat_map(|(n, s)| {
+        s.config
+            .listens()
+            .into_iter()
+            .map(move |l| (format!("sources.{n}.{}", l.key), l))
+    });
+    let sinks = config.sinks.iter().flat_map(|(n, s)| {
+        s.config
+            .listens()
+            .into_iter()
+            .map(move |l| (format!("sinks.{n}.{}", l.key), l))
+    });
+    for (path, listen) in http.chain(sources).chain(sinks) {
+        if listen.addr.port() != 0 {
+            if let Some((other, _)) = listeners.iter().find(|(_, l)| clashes(l, &listen)) {
+                let proto = if listen.udp { "UDP" } else { "TCP" };
                 errors.push(err(
                     &path,
-                    format!("port {} is already used by {other}", addr.port()),
+                    format!(
+                        "{proto} port {} is already used by {other}",
+                        listen.addr.port()
+                    ),
                 ));
             }
         }
-        listeners.push((path, addr));
+        listeners.push((path, listen));
     }
     errors
 }
 
-fn clashes(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+fn clashes(a: &Listen, b: &Listen) -> bool {
+    let (a, b, same_proto) = (a.addr, b.addr, a.udp == b.udp);
+    same_proto
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 impl Config {
     /// One line for the startup log.
     pub fn summary(&self) -> String {
         format!(
-            "{} source(s), {} channel(s), {} sink(s)",
+            "{} source(s), {} channel(s), {} sink(s), {} job(s)",
             self.sources.len(),
             self.channels.len(),
-            self.sinks.len()
+            self.sinks.len(),
+            self.jobs.len()
         )
     }
 }
@@ -543,7 +577,10 @@ mod tests {
     #[test]
     fn a_good_config_parses() {
         let c = parse(GOOD, "t").unwrap();
-        assert_eq!(c.summary(), "1 source(s), 1 channel(s), 1 sink(s)");
+        assert_eq!(
+            c.summary(),
+            "1 source(s), 1 channel(s), 1 sink(s), 0 job(s)"
+        );
     }
 
     #[test]
@@ -636,7 +673,7 @@ mod tests {
         let e = errors(&text);
         assert_eq!(
             e,
-            vec!["sources.in.bind: port 5000 is already used by sources.again.bind"]
+            vec!["sources.in.bind: TCP port 5000 is already used by sources.again.bind"]
         );
     }
 

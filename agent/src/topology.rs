@@ -16,6 +16,8 @@ use weir_core::component::Backoff;
 use weir_core::metrics::{ComponentMetrics, MetricName, Registry};
 use weir_core::{Channel, ChannelProcessor, ComponentError, SinkContext, SourceContext};
 
+use weir_streaming::BuildContext;
+
 use crate::config::Config;
 use crate::http::{now_ms, StatusState};
 
@@ -87,6 +89,34 @@ impl Topology {
             );
         }
 
+        for (id, job) in &self.config.jobs {
+            let inputs: Vec<Arc<dyn Channel>> = job
+                .input_names()
+                .iter()
+                .map(|c| self.channels[c].clone())
+                .collect();
+            let config = job.clone();
+            let metrics = ComponentMetrics::new(self.registry.clone(), "job", id.clone());
+            let stop = sink_stop.clone();
+            let (id2, data_dir) = (id.clone(), self.config.agent.data_dir.clone());
+            let events_output = match &job.output {
+                weir_streaming::config::OutputConfig::Avro { hostname, port } => {
+                    Some(crate::jobs::avro_events_output(hostname.clone(), *port))
+                }
+                _ => None,
+            };
+            let span = tracing::error_span!("component", kind = "job", id = %id);
+            sinks.spawn(
+                supervise("job", id.clone(), metrics, stop.clone(), move || {
+                    let mut cx = BuildContext::new(inputs.clone(), data_dir.clone(), stop.clone());
+                    cx.events_output = events_output.clone();
+                    let built = config.build(&id2, cx);
+                    async move { Ok(built?.run().await?) }
+                })
+                .instrument(span),
+            );
+        }
+
         for (id, def) in &self.config.sources {
             let channels: Vec<Arc<dyn Channel>> = def
                 .channels
@@ -101,6 +131,7 @@ impl Topology {
             let metrics = ComponentMetrics::new(self.registry.clone(), "source", id.clone());
             let stop = source_stop.clone();
             let id2 = id.clone();
+            let data_dir = self.config.agent.data_dir.clone();
             let span = tracing::error_span!("component", kind = "source", id = %id, r#type = def.config.type_name());
             sources.spawn(
                 supervise(
@@ -115,7 +146,8 @@ impl Topology {
                             shutdown: stop.clone(),
                             metrics: metrics.clone(),
                         };
-                        config.build().run(cx)
+                        let built = config.build(&data_dir, &id2);
+                        async move { built?.run(cx).await }
                     },
                 )
                 .instrument(span),

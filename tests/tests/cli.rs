@@ -33,7 +33,7 @@ fn a_valid_config_passes() {
     let (code, out, _) = validate(GOOD);
     assert_eq!(code, 0);
     assert!(
-        out.contains("ok (1 source(s), 1 channel(s), 1 sink(s))"),
+        out.contains("ok (1 source(s), 1 channel(s), 1 sink(s), 0 job(s))"),
         "{out}"
     );
 }
@@ -69,7 +69,7 @@ fn each_kind_of_error_is_reported_with_its_path_and_exit_1() {
             format!(
                 "{GOOD}[sources.b]\ntype = \"tcp\"\nbind = \"0.0.0.0:4545\"\nchannels = [\"c1\"]\n"
             ),
-            "error: FILE: sources.b.bind: port 4545 is already used by sources.app.bind",
+            "error: FILE: sources.b.bind: TCP port 4545 is already used by sources.app.bind",
         ),
         (
             GOOD.replace(
