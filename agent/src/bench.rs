@@ -22,6 +22,34 @@ pub enum BenchCommand {
     Avro(AvroBenchArgs),
     /// Pull load: getEventBatch + ack against a spark sink.
     Pull(PullBenchArgs),
+    /// File tailing: write lines into files a taildir source watches, time their delivery.
+    Tail(TailBenchArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct TailBenchArgs {
+    /// Directory the agent's taildir source watches (`DIR/*.log`).
+    #[arg(long)]
+    pub dir: std::path::PathBuf,
+    /// Files written at once, round-robin.
+    #[arg(long, default_value_t = 1)]
+    pub files: usize,
+    /// Bytes per line, newline included.
+    #[arg(long, default_value_t = 120)]
+    pub line_bytes: usize,
+    /// Total MiB to write.
+    #[arg(long, default_value_t = 1024)]
+    pub mib: u64,
+    /// The agent's HTTP status address, to read the sink's delivered-event counter.
+    #[arg(long, default_value = "127.0.0.1:8089")]
+    pub metrics: String,
+    /// The id of the sink that counts delivered events.
+    #[arg(long, default_value = "discard")]
+    pub sink: String,
+    #[arg(long)]
+    pub pid: Option<u32>,
+    #[arg(long, default_value_t = 300)]
+    pub max_seconds: u64,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -103,6 +131,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Avro(args) => runtime(args.threads)?.block_on(avro(args)),
         BenchCommand::Pull(args) => runtime(args.threads)?.block_on(pull(args)),
+        BenchCommand::Tail(args) => tail(args),
     }
 }
 
@@ -341,4 +370,95 @@ async fn poller(
         last = Instant::now();
     }
     Ok((latencies, last))
+}
+
+/// `weir_events_sent_total` of one sink, read from the agent's Prometheus endpoint.
+fn sink_events(metrics: &str, sink: &str) -> anyhow::Result<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(metrics)
+        .with_context(|| format!("cannot reach the agent's HTTP status at {metrics}"))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    let prefix =
+        format!("weir_events_sent_total{{component_kind=\"sink\",component_id=\"{sink}\"}} ");
+    Ok(body
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
+}
+
+fn tail(args: TailBenchArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    if args.files == 0 || args.line_bytes < 2 {
+        bail!("--files must be at least 1 and --line-bytes at least 2");
+    }
+    let before = sink_events(&args.metrics, &args.sink)?;
+    let total_bytes = args.mib * 1024 * 1024;
+    let lines_total = total_bytes / args.line_bytes as u64;
+    let lines_per_file = lines_total / args.files as u64;
+    let lines = lines_per_file * args.files as u64;
+    println!(
+        "weir bench tail → {}: {} file(s), {}-byte lines, {:.0} MiB ({lines} lines)",
+        args.dir.display(),
+        args.files,
+        args.line_bytes,
+        (lines * args.line_bytes as u64) as f64 / 1048576.0
+    );
+    std::fs::create_dir_all(&args.dir)?;
+    let mut files = Vec::new();
+    for i in 0..args.files {
+        let path = args.dir.join(format!("bench-{i}.log"));
+        files.push(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?,
+        );
+    }
+    // About 1 MiB of whole lines per write.
+    let per_chunk = (1 << 20) / args.line_bytes;
+    let mut line = vec![b'x'; args.line_bytes];
+    *line.last_mut().unwrap_or(&mut 0) = b'\n';
+    let chunk: Vec<u8> = line.repeat(per_chunk);
+    let started = Instant::now();
+    let mut written = vec![0u64; args.files];
+    let mut done = false;
+    while !done {
+        done = true;
+        for (i, f) in files.iter_mut().enumerate() {
+            let left = lines_per_file - written[i];
+            if left == 0 {
+                continue;
+            }
+            done = false;
+            let n = left.min(per_chunk as u64) as usize;
+            f.write_all(&chunk[..n * args.line_bytes])?;
+            written[i] += n as u64;
+        }
+    }
+    let write_secs = started.elapsed().as_secs_f64();
+    let deadline = started + Duration::from_secs(args.max_seconds);
+    let mut delivered = 0;
+    while Instant::now() < deadline {
+        delivered = sink_events(&args.metrics, &args.sink)?.saturating_sub(before);
+        if delivered >= lines {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let mb = (delivered * args.line_bytes as u64) as f64 / 1e6;
+    println!("written in {write_secs:.2} s; delivered {delivered} of {lines} lines in {secs:.2} s");
+    println!(
+        "throughput: {:.0} MB/s, {:.0} lines/s (from the first write to the last delivery)",
+        mb / secs,
+        delivered as f64 / secs
+    );
+    if let Some(pid) = args.pid {
+        println!("{}", rss_report(pid)?);
+    }
+    Ok(())
 }
