@@ -316,6 +316,17 @@ impl Job {
             Some(last) => last + self.interval_ms,
             None => next_fresh,
         };
+        if last.is_none() {
+            if let Some(ck) = &self.checkpoints {
+                // A fresh job: record that the (empty) state covers everything before its
+                // first tick, so a crash in the very first batch, even before it is
+                // journaled, resumes on that same tick.
+                self.manifest.checkpoint_time_ms = Some(next - self.interval_ms);
+                ck.write_manifest(&self.manifest)
+                    .await
+                    .map_err(|e| self.ck_err(e))?;
+            }
+        }
         let missed = (next_fresh - next) / self.interval_ms;
         if missed > self.max_catch_up_batches as i64 {
             // Down for long: thousands of empty back-to-back batches would help nobody.
@@ -344,19 +355,29 @@ impl Job {
         // lost, so run further batches at the following tick times, without waiting, until
         // it is empty (bounded, in case a source keeps filling it).
         for _ in 0..DRAIN_BATCHES_MAX {
+            // A channel's count includes the events this job holds uncommitted.
             let backlog: u64 = self
                 .inputs
                 .iter()
-                .filter(|i| !i.is_durable())
-                .map(|i| i.backlog().unwrap_or(0))
+                .enumerate()
+                .filter(|(_, input)| !input.is_durable())
+                .map(|(i, input)| {
+                    let held: u64 = self
+                        .held
+                        .iter()
+                        .filter_map(|b| b.get(i))
+                        .map(|b| b.len() as u64)
+                        .sum();
+                    input.backlog().unwrap_or(0).saturating_sub(held)
+                })
                 .sum();
             if backlog == 0 {
                 break;
             }
             self.run_batch(next, None).await?;
             next += self.interval_ms;
-            // The backlog counts held (taken, uncommitted) events too: stop once a batch
-            // finds nothing new.
+            // Stop once a batch finds nothing new (the backlog may count events of other
+            // consumers' open takes).
             if self.metrics.last().is_some_and(|b| b.input_events == 0) {
                 break;
             }
