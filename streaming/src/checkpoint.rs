@@ -6,7 +6,9 @@
 //!      "covered": [batch…], "pending": [batch…] }` where a batch is
 //!   `{ "time_ms", "inputs": [InputPosition per input, in input order] }`.
 //!   - `checkpoint_time_ms`/`state_file`: the newest state checkpoint; the state in it
-//!     includes every batch up to and including that time.
+//!     includes every batch up to and including that time. A fresh job writes
+//!     `checkpoint_time_ms = first tick − B` with no state file (empty state), so the grid
+//!     position survives a crash in the very first batch.
 //!   - `covered`: batches included in that state whose inputs may not be committed yet
 //!     (the commit follows the manifest write).
 //!   - `pending`: batches after the checkpoint, journaled before their outputs ran; their
