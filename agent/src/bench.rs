@@ -92,6 +92,10 @@ pub struct AvroBenchArgs {
     /// Body size in bytes.
     #[arg(long, default_value_t = 200)]
     pub body_bytes: usize,
+    /// Use these bodies instead of filler, cycling through them (`{i}` is replaced by the
+    /// body's index), e.g. access-log lines for a job; repeatable.
+    #[arg(long = "body")]
+    pub bodies: Vec<String>,
     /// Headers per event.
     #[arg(long, default_value_t = 2)]
     pub headers: usize,
