@@ -227,14 +227,11 @@ impl<T: Send + 'static> Stream<T> {
             let dir = dir.clone();
             Box::pin(async move {
                 let path = dir.join(&name);
-                let p2 = path.clone();
                 // Blocking file I/O off the runtime threads.
                 tokio::task::spawn_blocking(move || write_atomic(&dir, &name, text.as_bytes()))
                     .await
                     .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-                    .map_err(|source| OutputError::File { path: p2, source })?;
-                let _ = path;
-                Ok(())
+                    .map_err(|source| OutputError::File { path, source })
             })
         })
     }

@@ -106,7 +106,7 @@ proptest! {
 
     #[test]
     fn update_state_by_key_keeps_running_totals(batches in batches_strategy(), restart in 0usize..14) {
-        // Running sum per key; a key whose total reaches exactly 0 after some values is removed.
+        // Running sum per key.
         let make = || EventStream::input(0).map(key_values).update_state_by_key(
             |_k: &u8, vals: Vec<i64>, old: Option<i64>| Some(old.unwrap_or(0) + vals.iter().sum::<i64>()));
         let got = run(&make, &batches, restart);
