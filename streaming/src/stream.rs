@@ -385,7 +385,7 @@ impl<T: Send + 'static> Stream<T> {
         self.then(|_, v| vec![v.len() as u64])
     }
 
-    /// `(x, f(x))` pairs keyed by `f` (Spark's `keyBy` puts the key first: `(f(x), x)`).
+    /// `(f(x), x)` pairs, key first (Spark's `keyBy`).
     pub fn key_by<K: Send + 'static>(
         self,
         mut f: impl FnMut(&T) -> K + Send + 'static,
