@@ -132,11 +132,9 @@ async fn wal_channel_crash_between_output_and_commit_resumes_exactly() {
     task.await.unwrap().unwrap();
     assert_eq!(ch.stats().events, 0);
     let got = contents(out.path());
+    // Exactly-once shows in the final totals. Intermediate files are not compared: in real
+    // time, which tick a put lands in depends on scheduling (under CI load two runs cut
+    // different batches), so only the in-process crash tests with paused time compare every
+    // file.
     assert_eq!(got.last(), want.last(), "final totals");
-    for c in &got {
-        assert!(
-            want.contains(c),
-            "crashed run wrote {c:?}, which the uninterrupted run never did"
-        );
-    }
 }
