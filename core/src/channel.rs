@@ -115,6 +115,19 @@ pub trait Channel: Send + Sync + 'static {
     async fn close(&self) {}
 }
 
+/// The body of [`Channel::wait_for_events`] for channels that signal puts on a `Notify`:
+/// registers for the wake-up before checking, so a put between the check and the wait is
+/// never missed.
+pub async fn wait_readable(readable: &tokio::sync::Notify, available: impl FnOnce() -> bool) {
+    let notified = readable.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    if available() {
+        return;
+    }
+    notified.await;
+}
+
 /// The channel-specific half of a take transaction.
 #[async_trait]
 pub trait TakeHandle: Send + Sync {

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 
 use crate::channel::{
-    Channel, ChannelFull, ChannelStats, CommitError, PutError, TakeError, TakeHandle,
-    TakeTransaction,
+    wait_readable, Channel, ChannelFull, ChannelStats, CommitError, PutError, TakeError,
+    TakeHandle, TakeTransaction,
 };
 use crate::event::{batch_bytes, Event};
 use crate::units::ByteSize;
@@ -172,13 +172,7 @@ impl Channel for MemoryChannel {
     }
 
     async fn wait_for_events(&self) {
-        let notified = self.inner.readable.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if !self.inner.lock().queue.is_empty() {
-            return;
-        }
-        notified.await;
+        wait_readable(&self.inner.readable, || !self.inner.lock().queue.is_empty()).await
     }
 
     fn stats(&self) -> ChannelStats {

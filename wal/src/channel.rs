@@ -652,13 +652,10 @@ impl Channel for FileChannel {
     }
 
     async fn wait_for_events(&self) {
-        let notified = self.inner.readable.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if lock(&self.inner.state).has_available() {
-            return;
-        }
-        notified.await;
+        weir_core::channel::wait_readable(&self.inner.readable, || {
+            lock(&self.inner.state).has_available()
+        })
+        .await
     }
 
     fn stats(&self) -> ChannelStats {
