@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use weir_core::{ConfigDuration, SelectorConfig};
+use weir_core::{ConfigDuration, InterceptorConfig, SelectorConfig};
 
 use crate::components::{deserialize, ChannelConfig, FieldError, Listen, SinkConfig, SourceConfig};
 use crate::http::HttpConfig;
@@ -55,6 +55,7 @@ impl Default for AgentConfig {
 pub struct SourceDef {
     pub channels: Vec<String>,
     pub selector: SelectorConfig,
+    pub interceptors: Vec<InterceptorConfig>,
     pub config: SourceConfig,
 }
 
@@ -177,6 +178,13 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
                 }
             },
         };
+        let interceptors = match table.remove("interceptors") {
+            None => Vec::new(),
+            Some(v) => deserialize::<Vec<InterceptorConfig>>(v).unwrap_or_else(|e| {
+                errors.push(located(&format!("{at}.interceptors"), e));
+                Vec::new()
+            }),
+        };
         let Some(kind) = kind else { continue };
         match SourceConfig::parse(&kind, toml::Value::Table(table)) {
             Ok(config) => {
@@ -185,6 +193,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
                     SourceDef {
                         channels: channels.unwrap_or_default(),
                         selector,
+                        interceptors,
                         config,
                     },
                 );
@@ -299,6 +308,8 @@ fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
 fn located(prefix: &str, e: FieldError) -> ConfigError {
     let path = if e.path.is_empty() {
         prefix.to_string()
+    } else if e.path.starts_with('[') {
+        format!("{prefix}{}", e.path)
     } else {
         format!("{prefix}.{}", e.path)
     };
@@ -687,6 +698,17 @@ mod tests {
     fn invalid_values_are_caught_by_component_checks() {
         let e = errors(&GOOD.replace("type = \"tcp\"", "type = \"tcp\"\nbatch_size = 0"));
         assert_eq!(e, vec!["sources.in.batch_size: must be at least 1"]);
+    }
+
+    #[test]
+    fn interceptor_mistakes_name_their_entry() {
+        let text = GOOD.replace(
+            "channels = [\"c\"]",
+            "channels = [\"c\"]\ninterceptors = [{ type = \"timestamp\" }, { type = \"static\", key = \"k\", vaule = \"v\" }]",
+        );
+        let e = errors(&text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("sources.in.interceptors[1]"), "{e:?}");
     }
 
     #[test]

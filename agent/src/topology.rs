@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 use weir_core::component::Backoff;
 use weir_core::metrics::{ComponentMetrics, MetricName, Registry};
-use weir_core::{Channel, ChannelProcessor, ComponentError, SinkContext, SourceContext};
+use weir_core::{
+    Channel, ChannelProcessor, ComponentError, Interceptor, SinkContext, SourceContext,
+};
 
 use weir_streaming::BuildContext;
 
@@ -125,7 +127,8 @@ impl Topology {
                 .collect();
             let output = Arc::new(
                 ChannelProcessor::new(channels, &def.selector)
-                    .with_context(|| format!("sources.{id}.selector"))?,
+                    .with_context(|| format!("sources.{id}.selector"))?
+                    .with_interceptors(def.interceptors.iter().map(Interceptor::build).collect()),
             );
             let config = def.config.clone();
             let metrics = ComponentMetrics::new(self.registry.clone(), "source", id.clone());

@@ -9,6 +9,7 @@
 pub mod channel;
 pub mod component;
 pub mod event;
+pub mod interceptor;
 pub mod memory;
 pub mod metrics;
 pub mod processor;
@@ -20,6 +21,7 @@ pub use channel::{
 };
 pub use component::{ComponentError, Sink, SinkContext, Source, SourceContext};
 pub use event::{Event, Headers};
+pub use interceptor::{Interceptor, InterceptorConfig};
 pub use memory::{MemoryChannel, MemoryChannelConfig};
 pub use processor::{ChannelProcessor, SelectorConfig};
 pub use units::{ByteSize, ConfigDuration};

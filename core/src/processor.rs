@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::channel::{Channel, PutError};
 use crate::event::Event;
+use crate::interceptor::{intercept, Interceptor};
 
 /// `selector = { type = "…", … }` on a source.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -99,6 +100,7 @@ pub struct UnknownChannel(pub String);
 pub struct ChannelProcessor {
     channels: Vec<Arc<dyn Channel>>,
     selector: Selector,
+    interceptors: Vec<Interceptor>,
 }
 
 impl ChannelProcessor {
@@ -155,7 +157,17 @@ impl ChannelProcessor {
                 }
             }
         };
-        Ok(ChannelProcessor { channels, selector })
+        Ok(ChannelProcessor {
+            channels,
+            selector,
+            interceptors: Vec::new(),
+        })
+    }
+
+    /// Interceptors applied to every batch before it is routed (in order).
+    pub fn with_interceptors(mut self, interceptors: Vec<Interceptor>) -> Self {
+        self.interceptors = interceptors;
+        self
     }
 
     pub fn channels(&self) -> &[Arc<dyn Channel>] {
@@ -164,9 +176,15 @@ impl ChannelProcessor {
 
     /// Puts the batch into every channel it routes to. `Ok` means it is stored in every
     /// required channel: the source may acknowledge it.
-    pub async fn put(&self, events: Vec<Event>) -> Result<(), PutError> {
+    pub async fn put(&self, mut events: Vec<Event>) -> Result<(), PutError> {
         if events.is_empty() {
             return Ok(());
+        }
+        if !self.interceptors.is_empty() {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            intercept(&self.interceptors, &mut events, now_ms);
         }
         match &self.selector {
             Selector::Replicating(route) => self.put_route(route, events).await,

@@ -323,3 +323,22 @@ fn sigterm_delivers_every_acknowledged_line_and_exits_zero() {
         ]
     );
 }
+
+#[test]
+fn interceptors_stamp_static_and_timestamp_headers() {
+    let agent = Agent::start(&config(
+        "interceptors = [{ type = \"static\", key = \"dc\", value = \"eu1\" }, { type = \"timestamp\" }]",
+    ));
+    let addr = agent.listen_addr("lines");
+    TcpStream::connect(addr)
+        .unwrap()
+        .write_all(b"stamped\n")
+        .unwrap();
+    let lines = agent.wait_stdout(1, SECS);
+    let line = &lines[0];
+    assert!(
+        line.starts_with("Event: { headers:{dc=eu1, timestamp=1"),
+        "{line}"
+    );
+    assert!(line.ends_with("} body: stamped }"), "{line}");
+}
