@@ -2,6 +2,7 @@
 //! channels through a [`weir_core::ChannelProcessor`], answering its client only after the put
 //! succeeded.
 
+mod accept;
 pub mod avro;
 pub mod spark_pull;
 pub mod spooldir;

@@ -36,11 +36,9 @@ use chrono::Datelike;
 use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn, Instrument};
-use weir_core::metrics::{ComponentMetrics, Counter, Gauge, MetricName};
+use tracing::{debug, info, warn};
+use weir_core::metrics::{ComponentMetrics, Counter, MetricName};
 use weir_core::{
     ByteSize, ChannelProcessor, ComponentError, ConfigDuration, Event, Source, SourceContext,
 };
@@ -330,7 +328,6 @@ struct Counters {
     bytes: Counter,
     refused: Counter,
     errors: Counter,
-    open: Gauge,
 }
 
 impl Counters {
@@ -341,7 +338,6 @@ impl Counters {
             bytes: m.counter(MetricName::BytesReceivedTotal),
             refused: m.counter(MetricName::BatchesRefusedTotal),
             errors: m.counter(MetricName::ErrorsTotal),
-            open: m.gauge(MetricName::ConnectionsOpen),
         }
     }
 }
@@ -437,54 +433,22 @@ async fn run_tcp(
     c: Arc<Counters>,
 ) -> Result<(), ComponentError> {
     info!(message = "syslog source listening", mode = "tcp", addr = %listener.local_addr()?);
-    let accepted = cx.metrics.counter(MetricName::ConnectionsAcceptedTotal);
-    let rejected = cx.metrics.counter(MetricName::ConnectionsRejectedTotal);
-    let slots = Arc::new(Semaphore::new(cfg.max_connections));
-    let tracker = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = cx.shutdown.cancelled() => break,
-            res = listener.accept() => match res {
-                Ok(conn) => conn,
-                Err(e) => {
-                    warn!(message = "accept failed", error = %e);
-                    c.errors.inc(1);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            rejected.inc(1);
-            warn!(message = "connection refused: too many connections", %peer, max_connections = cfg.max_connections);
-            continue;
-        };
-        accepted.inc(1);
-        let (cfg, c, output, shutdown) = (
-            cfg.clone(),
-            c.clone(),
-            cx.output.clone(),
-            cx.shutdown.clone(),
-        );
-        tracker.spawn(
-            async move {
-                c.open.add(1);
-                match serve(&cfg, stream, peer, &output, &shutdown, &c).await {
-                    Ok(()) => debug!("connection closed"),
-                    Err(e) => {
-                        c.errors.inc(1);
-                        warn!(message = "connection closed", reason = %e);
-                    }
-                }
-                c.open.add(-1);
-                drop(permit);
-            }
-            .instrument(tracing::info_span!("connection", %peer)),
-        );
-    }
-    drop(listener);
-    tracker.close();
-    tracker.wait().await;
+    crate::accept::serve_connections(
+        listener,
+        cfg.max_connections,
+        &cx.shutdown,
+        &cx.metrics,
+        |stream, peer| {
+            let (cfg, c, output, shutdown) = (
+                cfg.clone(),
+                c.clone(),
+                cx.output.clone(),
+                cx.shutdown.clone(),
+            );
+            async move { serve(&cfg, stream, peer, &output, &shutdown, &c).await }
+        },
+    )
+    .await;
     info!("syslog source stopped");
     Ok(())
 }

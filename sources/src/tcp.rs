@@ -23,12 +23,10 @@ use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, warn};
 use weir_core::component::Backoff;
-use weir_core::metrics::{ComponentMetrics, Counter, Gauge, MetricName};
+use weir_core::metrics::{ComponentMetrics, Counter, MetricName};
 use weir_core::{
     ChannelProcessor, ComponentError, ConfigDuration, Event, PutError, Source, SourceContext,
 };
@@ -117,8 +115,6 @@ struct ConnectionCounters {
     accepted: Counter,
     bytes: Counter,
     refused: Counter,
-    errors: Counter,
-    open: Gauge,
 }
 
 impl ConnectionCounters {
@@ -128,8 +124,6 @@ impl ConnectionCounters {
             accepted: m.counter(MetricName::EventsAcceptedTotal),
             bytes: m.counter(MetricName::BytesReceivedTotal),
             refused: m.counter(MetricName::BatchesRefusedTotal),
-            errors: m.counter(MetricName::ErrorsTotal),
-            open: m.gauge(MetricName::ConnectionsOpen),
         }
     }
 }
@@ -148,60 +142,23 @@ impl Source for TcpSource {
             hint = %format!("send a line with: echo hello > /dev/tcp/{}/{}", addr.ip(), addr.port()),
         );
         let counters = ConnectionCounters::new(&cx.metrics);
-        let accepted = cx.metrics.counter(MetricName::ConnectionsAcceptedTotal);
-        let rejected = cx.metrics.counter(MetricName::ConnectionsRejectedTotal);
-        let slots = Arc::new(Semaphore::new(cfg.max_connections));
-        let tracker = TaskTracker::new();
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = cx.shutdown.cancelled() => break,
-                res = listener.accept() => match res {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // EMFILE and friends: wait instead of spinning; the listener is fine.
-                        warn!(message = "accept failed", error = %e);
-                        counters.errors.inc(1);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                rejected.inc(1);
-                warn!(message = "connection refused: too many connections", %peer, max_connections = cfg.max_connections);
-                drop(stream);
-                continue;
-            };
-            accepted.inc(1);
-            let _ = stream.set_nodelay(true);
-            let conn = Connection {
-                cfg: cfg.clone(),
-                output: cx.output.clone(),
-                shutdown: cx.shutdown.clone(),
-                counters: counters.clone(),
-                peer,
-            };
-            let span = tracing::info_span!("connection", %peer);
-            tracker.spawn(
-                async move {
-                    conn.counters.open.add(1);
-                    debug!("connection opened");
-                    match conn.serve(stream).await {
-                        Ok(()) => debug!("connection closed"),
-                        Err(e) => {
-                            conn.counters.errors.inc(1);
-                            warn!(message = "connection closed", reason = %e);
-                        }
-                    }
-                    conn.counters.open.add(-1);
-                    drop(permit);
-                }
-                .instrument(span),
-            );
-        }
-        drop(listener);
-        tracker.close();
-        tracker.wait().await;
+        crate::accept::serve_connections(
+            listener,
+            cfg.max_connections,
+            &cx.shutdown,
+            &cx.metrics,
+            |stream, peer| {
+                let conn = Connection {
+                    cfg: cfg.clone(),
+                    output: cx.output.clone(),
+                    shutdown: cx.shutdown.clone(),
+                    counters: counters.clone(),
+                    peer,
+                };
+                async move { conn.serve(stream).await }
+            },
+        )
+        .await;
         info!("tcp source stopped");
         Ok(())
     }
