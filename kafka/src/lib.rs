@@ -1,0 +1,3 @@
+//! weir's Kafka components, on librdkafka (the `rdkafka` crate, bundled build):
+//! the `kafka` source (receiver mode), sink and channel, and the direct input and
+//! transactional output of streaming jobs.
