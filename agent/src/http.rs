@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
@@ -21,7 +21,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 use weir_core::metrics::{MetricName, Registry, Sample};
-use weir_core::Channel;
+use weir_core::{Channel, Ready};
 
 /// `[http]`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -35,10 +35,38 @@ pub struct HttpConfig {
 #[derive(Clone)]
 pub struct StatusState {
     pub registry: Registry,
-    pub channels: Arc<BTreeMap<String, Arc<dyn Channel>>>,
-    /// (kind, id) of every source and sink, for Flume's document.
-    pub components: Arc<Vec<(&'static str, String)>>,
+    /// Replaced by a config reload.
+    pub inventory: Arc<RwLock<Inventory>>,
     pub started_ms: u64,
+}
+
+/// The running channels and components.
+#[derive(Clone, Default)]
+pub struct Inventory {
+    pub channels: BTreeMap<String, Arc<dyn Channel>>,
+    /// (kind, id) of every source and sink, for Flume's document.
+    pub components: Vec<(&'static str, String)>,
+}
+
+impl StatusState {
+    pub fn new(registry: Registry, inventory: Inventory) -> Self {
+        StatusState {
+            registry,
+            inventory: Arc::new(RwLock::new(inventory)),
+            started_ms: now_ms(),
+        }
+    }
+
+    pub fn inventory(&self) -> Inventory {
+        self.inventory
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_inventory(&self, inventory: Inventory) {
+        *self.inventory.write().unwrap_or_else(|p| p.into_inner()) = inventory;
+    }
 }
 
 pub fn now_ms() -> u64 {
@@ -52,12 +80,14 @@ pub async fn serve(
     config: HttpConfig,
     state: StatusState,
     shutdown: CancellationToken,
+    ready: Ready,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|e| anyhow::anyhow!("http.bind: cannot listen on {}: {e}", config.bind))?;
     let addr = listener.local_addr()?;
     info!(message = "http status server listening", %addr);
+    ready.set();
     let app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(prometheus))
@@ -70,11 +100,12 @@ pub async fn serve(
 }
 
 async fn health(State(state): State<StatusState>) -> impl IntoResponse {
+    let inventory = state.inventory();
     let body = format!(
         "{{\"status\":\"ok\",\"uptime_ms\":{},\"components\":{},\"channels\":{}}}",
         now_ms().saturating_sub(state.started_ms),
-        state.components.len(),
-        state.channels.len()
+        inventory.components.len(),
+        inventory.channels.len()
     );
     ([(header::CONTENT_TYPE, "application/json")], body)
 }
@@ -158,7 +189,7 @@ fn fill(s: &weir_core::ChannelStats) -> f64 {
 async fn prometheus(State(state): State<StatusState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        render_prometheus(&state.registry.snapshot(), &state.channels),
+        render_prometheus(&state.registry.snapshot(), &state.inventory().channels),
     )
 }
 
@@ -197,7 +228,8 @@ pub fn render_flume(state: &StatusState) -> String {
     let samples = state.registry.snapshot();
     let mut groups: BTreeMap<String, BTreeMap<&'static str, String>> = BTreeMap::new();
     let start = state.started_ms.to_string();
-    for (kind, id) in state.components.iter() {
+    let inventory = state.inventory();
+    for (kind, id) in inventory.components.iter() {
         let ty = if *kind == "source" { "SOURCE" } else { "SINK" };
         let g = groups.entry(format!("{ty}.{id}")).or_default();
         g.insert("Type", ty.to_string());
@@ -230,7 +262,7 @@ pub fn render_flume(state: &StatusState) -> String {
             }
         }
     }
-    for (name, ch) in state.channels.iter() {
+    for (name, ch) in inventory.channels.iter() {
         let st = ch.stats();
         let g = groups.entry(format!("CHANNEL.{name}")).or_default();
         g.insert("Type", "CHANNEL".into());
@@ -300,16 +332,15 @@ mod tests {
         ch.put(vec![Event::new("a"), Event::new("b")])
             .await
             .unwrap();
-        let state = StatusState {
+        let mut state = StatusState::new(
             registry,
-            channels: Arc::new(BTreeMap::from([("c".to_string(), ch)])),
-            components: Arc::new(vec![
-                ("source", "in".to_string()),
-                ("sink", "out".to_string()),
-            ]),
-            started_ms: 1700000000000,
-        };
-        let prom = render_prometheus(&state.registry.snapshot(), &state.channels);
+            Inventory {
+                channels: BTreeMap::from([("c".to_string(), ch)]),
+                components: vec![("source", "in".to_string()), ("sink", "out".to_string())],
+            },
+        );
+        state.started_ms = 1700000000000;
+        let prom = render_prometheus(&state.registry.snapshot(), &state.inventory().channels);
         assert!(prom.contains("# TYPE weir_events_received_total counter\nweir_events_received_total{component_kind=\"source\",component_id=\"in\"} 7\n"), "{prom}");
         assert!(
             prom.contains("weir_channel_events{component_kind=\"channel\",component_id=\"c\"} 2\n"),

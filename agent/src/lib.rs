@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod logging;
 pub mod poll;
 pub mod send;
+pub mod systemd;
 pub mod topology;
 
 /// The embedded default config (`conf/weir.toml`), used by `weir run` without `--config`.

@@ -83,7 +83,7 @@ fn main() -> ExitCode {
                 eprintln!("error: {e:#}");
                 return ExitCode::FAILURE;
             }
-            match run(loaded) {
+            match run(loaded, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(message = "agent failed", error = %format!("{e:#}"));
@@ -122,14 +122,52 @@ fn report(errors: &ConfigErrors) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let topology = Topology::build(config, Registry::default()).await?;
-        topology.run(stop_signal()).await
+        let (reloads, reloaded) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(reload_on_sighup(path, reloads));
+        topology.run_with_reloads(stop_signal(), reloaded).await
     })
+}
+
+/// On SIGHUP: re-reads and validates the config; a valid one is applied, an invalid one is
+/// logged with every problem and the running config stays.
+async fn reload_on_sighup(path: Option<PathBuf>, reloads: tokio::sync::mpsc::Sender<Config>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(message = "cannot listen for SIGHUP; reload disabled", error = %e);
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        let (loaded, origin) = match &path {
+            Some(p) => (config::load_file(p), p.display().to_string()),
+            None => (
+                config::parse(weir::DEFAULT_CONFIG, "<embedded default conf/weir.toml>"),
+                "<embedded default conf/weir.toml>".to_string(),
+            ),
+        };
+        match loaded {
+            Ok(c) => {
+                tracing::info!(message = "signal received", signal = "SIGHUP", config = %origin);
+                if reloads.send(c).await.is_err() {
+                    return;
+                }
+            }
+            Err(errors) => tracing::error!(
+                message = "config reload refused: the new config is invalid; the running one stays",
+                config = %origin,
+                problems = errors.errors.len(),
+                errors = %errors.to_string().replace('\n', "; "),
+            ),
+        }
+    }
 }
 
 async fn stop_signal() {

@@ -3,25 +3,27 @@
 //! answer in-flight batches), then sinks (they finish their batch and drain channels that would
 //! not survive the restart), bounded by `agent.shutdown_timeout`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 use weir_core::component::Backoff;
 use weir_core::metrics::{ComponentMetrics, MetricName, Registry};
 use weir_core::{
-    Channel, ChannelProcessor, ComponentError, Interceptor, SinkContext, SourceContext,
+    Channel, ChannelProcessor, ComponentError, Interceptor, Ready, SinkContext, SourceContext,
 };
 
 use weir_streaming::BuildContext;
 
 use crate::config::Config;
-use crate::http::{now_ms, StatusState};
+use crate::http::{Inventory, StatusState};
+use crate::systemd::SystemdNotifier;
 
 /// A component that ran at least this long before failing starts again from the shortest
 /// backoff.
@@ -59,39 +61,239 @@ impl Topology {
 
     /// Runs until `stop` completes, then shuts down in order.
     pub async fn run(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let source_stop = CancellationToken::new();
-        let sink_stop = CancellationToken::new();
-        let mut sinks = JoinSet::new();
-        let mut sources = JoinSet::new();
+        let (_keep, reloads) = mpsc::channel(1);
+        self.run_with_reloads(stop, reloads).await
+    }
 
+    /// Runs until `stop` completes, applying each config received on `reloads` (already
+    /// validated): only the components whose definition changed, or whose channel changed,
+    /// are stopped and started again; the others keep running.
+    pub async fn run_with_reloads(
+        mut self,
+        stop: impl Future<Output = ()>,
+        mut reloads: mpsc::Receiver<Config>,
+    ) -> anyhow::Result<()> {
+        let notifier = SystemdNotifier::from_env();
+        notifier.status("starting");
+        let mut running = Running::default();
+        self.start_missing(&mut running)?;
+
+        let http_stop = CancellationToken::new();
+        let status = StatusState::new(self.registry.clone(), self.inventory());
+        let mut http_ready = None;
+        let http = self.config.http.clone().map(|cfg| {
+            let (ready, flag) = Ready::new();
+            http_ready = Some(flag);
+            let (state, stop) = (status.clone(), http_stop.clone());
+            tokio::spawn(
+                async move {
+                    if let Err(e) = crate::http::serve(cfg, state, stop, ready).await {
+                        error!(message = "http status server failed", error = %format!("{e:#}"));
+                    }
+                }
+                .instrument(tracing::error_span!("component", kind = "http", id = "http")),
+            )
+        });
+        let watchdog = notifier.spawn_watchdog(http_stop.clone());
+
+        info!(message = "agent started", agent = %self.config.agent.name, components = %self.config.summary());
+        let mut readiness = CancellationToken::new();
+        let mut flags = running.ready_flags();
+        flags.extend(http_ready.clone().map(|f| ("http".to_string(), f)));
+        notifier.spawn_ready_when(flags, self.status_line(), readiness.clone());
+
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                Some(new) = reloads.recv() => {
+                    readiness.cancel();
+                    notifier.reloading();
+                    self.reload(new, &mut running).await?;
+                    status.set_inventory(self.inventory());
+                    readiness = CancellationToken::new();
+                    let mut flags = running.ready_flags();
+                    flags.extend(http_ready.clone().map(|f| ("http".to_string(), f)));
+                    notifier.spawn_ready_when(flags, self.status_line(), readiness.clone());
+                }
+            }
+        }
+        readiness.cancel();
+        notifier.stopping();
+
+        let deadline = Instant::now() + self.config.agent.shutdown_timeout.0;
+        info!("stopping: closing sources");
+        if !stop_tasks(std::mem::take(&mut running.sources).into_values(), deadline).await {
+            warn!("sources did not stop in time; aborted (their unanswered batches were not acknowledged)");
+        }
+        info!("sources stopped; sinks finishing their batches");
+        if !stop_tasks(std::mem::take(&mut running.consumers).into_values(), deadline).await {
+            warn!("sinks did not finish in time; aborted (uncommitted batches were rolled back)");
+        }
+        for (name, channel) in std::mem::take(&mut self.channels) {
+            close_channel(&name, channel).await;
+        }
+        http_stop.cancel();
+        if let Some(task) = http {
+            let _ = task.await;
+        }
+        if let Some(task) = watchdog {
+            let _ = task.await;
+        }
+        info!("stopped");
+        Ok(())
+    }
+
+    fn status_line(&self) -> String {
+        format!("running: {}", self.config.summary())
+    }
+
+    fn inventory(&self) -> Inventory {
+        let mut components: Vec<(&'static str, String)> = self
+            .config
+            .sources
+            .keys()
+            .map(|id| ("source", id.clone()))
+            .collect();
+        components.extend(self.config.sinks.keys().map(|id| ("sink", id.clone())));
+        Inventory {
+            channels: self.channels.clone(),
+            components,
+        }
+    }
+
+    /// Applies a new config: stops what changed (sources first, then consumers), swaps the
+    /// changed channels, starts what is missing (consumers first, then sources).
+    async fn reload(&mut self, mut new: Config, running: &mut Running) -> anyhow::Result<()> {
+        let old = &self.config;
+        if new.agent != old.agent {
+            warn!("config reload: the [agent] section changed; it takes effect at the next restart");
+            new.agent = old.agent.clone();
+        }
+        if new.http != old.http {
+            warn!("config reload: the [http] section changed; it takes effect at the next restart");
+            new.http = old.http.clone();
+        }
+        let changed_channels: BTreeSet<String> = old
+            .channels
+            .keys()
+            .chain(new.channels.keys())
+            .filter(|n| old.channels.get(*n) != new.channels.get(*n))
+            .cloned()
+            .collect();
+        let touches = |names: &[String]| names.iter().any(|n| changed_channels.contains(n));
+        let stop_sources: Vec<String> = old
+            .sources
+            .iter()
+            .filter(|(id, def)| new.sources.get(*id) != Some(def) || touches(&def.channels))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut stop_consumers: Vec<ConsumerId> = old
+            .sinks
+            .iter()
+            .filter(|(id, def)| {
+                new.sinks.get(*id) != Some(def) || touches(std::slice::from_ref(&def.channel))
+            })
+            .map(|(id, _)| ("sink", id.clone()))
+            .collect();
+        // JobConfig has no PartialEq; its Debug rendering is the whole definition.
+        stop_consumers.extend(
+            old.jobs
+                .iter()
+                .filter(|(id, job)| {
+                    new.jobs.get(*id).map(|j| format!("{j:?}")) != Some(format!("{job:?}"))
+                        || touches(&job.input_names())
+                })
+                .map(|(id, _)| ("job", id.clone())),
+        );
+        info!(
+            message = "reloading config",
+            sources_restarted = stop_sources.len(),
+            consumers_restarted = stop_consumers.len(),
+            channels_changed = changed_channels.len(),
+            components = %new.summary(),
+        );
+
+        let deadline = Instant::now() + old.agent.shutdown_timeout.0;
+        let sources: Vec<Task> = stop_sources
+            .iter()
+            .filter_map(|id| running.sources.remove(id))
+            .collect();
+        if !stop_tasks(sources, deadline).await {
+            warn!("config reload: sources did not stop in time; aborted");
+        }
+        let consumers: Vec<Task> = stop_consumers
+            .iter()
+            .filter_map(|id| running.consumers.remove(id))
+            .collect();
+        if !stop_tasks(consumers, deadline).await {
+            warn!("config reload: sinks did not finish in time; aborted (uncommitted batches were rolled back)");
+        }
+        for name in &changed_channels {
+            if let Some(channel) = self.channels.remove(name) {
+                close_channel(name, channel).await;
+            }
+        }
+        for name in &changed_channels {
+            if let Some(c) = new.channels.get(name) {
+                let channel = c
+                    .build(name, &new.agent.data_dir)
+                    .await
+                    .with_context(|| {
+                        format!("channels.{name}: cannot open {} channel", c.type_name())
+                    })?;
+                self.channels.insert(name.clone(), channel);
+            }
+        }
+        self.config = new;
+        self.start_missing(running)?;
+        info!(message = "config reloaded", components = %self.config.summary());
+        Ok(())
+    }
+
+    /// Starts every configured component that is not running: sinks and jobs first, so that
+    /// sources never fill a channel nobody drains.
+    fn start_missing(&self, running: &mut Running) -> anyhow::Result<()> {
         for (id, def) in &self.config.sinks {
+            if running.consumers.contains_key(&("sink", id.clone())) {
+                continue;
+            }
             let channel = self.channels[&def.channel].clone();
             let config = def.config.clone();
             let metrics = ComponentMetrics::new(self.registry.clone(), "sink", id.clone());
-            let stop = sink_stop.clone();
+            let stop = CancellationToken::new();
+            let listens = !def.config.listens().is_empty();
+            let (ready, flag) = Ready::new();
             let id2 = id.clone();
             let span = tracing::error_span!("component", kind = "sink", id = %id, r#type = def.config.type_name());
-            sinks.spawn(
-                supervise(
-                    "sink",
-                    id.clone(),
-                    metrics.clone(),
-                    stop.clone(),
-                    move || {
-                        let cx = SinkContext {
-                            id: id2.clone(),
-                            channel: channel.clone(),
-                            shutdown: stop.clone(),
-                            metrics: metrics.clone(),
-                        };
-                        config.build().run(cx)
-                    },
-                )
+            let cx_stop = stop.clone();
+            let handle = tokio::spawn(
+                supervise("sink", id.clone(), metrics.clone(), stop.clone(), move || {
+                    let cx = SinkContext {
+                        id: id2.clone(),
+                        channel: channel.clone(),
+                        shutdown: cx_stop.clone(),
+                        metrics: metrics.clone(),
+                        ready: ready.clone(),
+                    };
+                    config.build().run(cx)
+                })
                 .instrument(span),
+            );
+            running.consumers.insert(
+                ("sink", id.clone()),
+                Task {
+                    stop,
+                    handle,
+                    ready: listens.then_some(flag),
+                },
             );
         }
 
         for (id, job) in &self.config.jobs {
+            if running.consumers.contains_key(&("job", id.clone())) {
+                continue;
+            }
             let inputs: Vec<Arc<dyn Channel>> = job
                 .input_names()
                 .iter()
@@ -99,7 +301,7 @@ impl Topology {
                 .collect();
             let config = job.clone();
             let metrics = ComponentMetrics::new(self.registry.clone(), "job", id.clone());
-            let stop = sink_stop.clone();
+            let stop = CancellationToken::new();
             let (id2, data_dir) = (id.clone(), self.config.agent.data_dir.clone());
             let events_output = match &job.output {
                 weir_streaming::config::OutputConfig::Avro { hostname, port } => {
@@ -108,18 +310,31 @@ impl Topology {
                 _ => None,
             };
             let span = tracing::error_span!("component", kind = "job", id = %id);
-            sinks.spawn(
+            let cx_stop = stop.clone();
+            let handle = tokio::spawn(
                 supervise("job", id.clone(), metrics, stop.clone(), move || {
-                    let mut cx = BuildContext::new(inputs.clone(), data_dir.clone(), stop.clone());
+                    let mut cx =
+                        BuildContext::new(inputs.clone(), data_dir.clone(), cx_stop.clone());
                     cx.events_output = events_output.clone();
                     let built = config.build(&id2, cx);
                     async move { Ok(built?.run().await?) }
                 })
                 .instrument(span),
             );
+            running.consumers.insert(
+                ("job", id.clone()),
+                Task {
+                    stop,
+                    handle,
+                    ready: None,
+                },
+            );
         }
 
         for (id, def) in &self.config.sources {
+            if running.sources.contains_key(id) {
+                continue;
+            }
             let channels: Vec<Arc<dyn Channel>> = def
                 .channels
                 .iter()
@@ -132,86 +347,89 @@ impl Topology {
             );
             let config = def.config.clone();
             let metrics = ComponentMetrics::new(self.registry.clone(), "source", id.clone());
-            let stop = source_stop.clone();
+            let stop = CancellationToken::new();
+            let listens = !def.config.listens().is_empty();
+            let (ready, flag) = Ready::new();
             let id2 = id.clone();
             let data_dir = self.config.agent.data_dir.clone();
             let span = tracing::error_span!("component", kind = "source", id = %id, r#type = def.config.type_name());
-            sources.spawn(
-                supervise(
-                    "source",
-                    id.clone(),
-                    metrics.clone(),
-                    stop.clone(),
-                    move || {
-                        let cx = SourceContext {
-                            id: id2.clone(),
-                            output: output.clone(),
-                            shutdown: stop.clone(),
-                            metrics: metrics.clone(),
-                        };
-                        let built = config.build(&data_dir, &id2);
-                        async move { built?.run(cx).await }
-                    },
-                )
+            let cx_stop = stop.clone();
+            let handle = tokio::spawn(
+                supervise("source", id.clone(), metrics.clone(), stop.clone(), move || {
+                    let cx = SourceContext {
+                        id: id2.clone(),
+                        output: output.clone(),
+                        shutdown: cx_stop.clone(),
+                        metrics: metrics.clone(),
+                        ready: ready.clone(),
+                    };
+                    let built = config.build(&data_dir, &id2);
+                    async move { built?.run(cx).await }
+                })
                 .instrument(span),
             );
+            running.sources.insert(
+                id.clone(),
+                Task {
+                    stop,
+                    handle,
+                    ready: listens.then_some(flag),
+                },
+            );
         }
-
-        let http_stop = CancellationToken::new();
-        let http =
-            self.config.http.clone().map(|cfg| {
-                let mut components: Vec<(&'static str, String)> = self
-                    .config
-                    .sources
-                    .keys()
-                    .map(|id| ("source", id.clone()))
-                    .collect();
-                components.extend(self.config.sinks.keys().map(|id| ("sink", id.clone())));
-                let state = StatusState {
-                    registry: self.registry.clone(),
-                    channels: Arc::new(self.channels.clone()),
-                    components: Arc::new(components),
-                    started_ms: now_ms(),
-                };
-                let stop = http_stop.clone();
-                tokio::spawn(
-                async move {
-                    if let Err(e) = crate::http::serve(cfg, state, stop).await {
-                        error!(message = "http status server failed", error = %format!("{e:#}"));
-                    }
-                }
-                .instrument(tracing::error_span!("component", kind = "http", id = "http")),
-            )
-            });
-
-        info!(message = "agent started", agent = %self.config.agent.name, components = %self.config.summary());
-        stop.await;
-
-        let deadline = Instant::now() + self.config.agent.shutdown_timeout.0;
-        info!("stopping: closing sources");
-        source_stop.cancel();
-        if !join_until(&mut sources, deadline).await {
-            warn!("sources did not stop in time; aborted (their unanswered batches were not acknowledged)");
-        }
-        info!("sources stopped; sinks finishing their batches");
-        sink_stop.cancel();
-        if !join_until(&mut sinks, deadline).await {
-            warn!("sinks did not finish in time; aborted (uncommitted batches were rolled back)");
-        }
-        for (name, channel) in &self.channels {
-            let left = channel.stats().events;
-            if left > 0 && !channel.is_durable() {
-                error!(message = "events lost at shutdown: memory channel not drained", channel = %name, events = left);
-            }
-            channel.close().await;
-        }
-        http_stop.cancel();
-        if let Some(task) = http {
-            let _ = task.await;
-        }
-        info!("stopped");
         Ok(())
     }
+}
+
+/// `("sink" | "job", id)`.
+type ConsumerId = (&'static str, String);
+
+/// A supervised component: its own stop token, so a reload can stop it alone.
+struct Task {
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+    /// Set once a listening component's socket is bound; `None` for the others.
+    ready: Option<watch::Receiver<bool>>,
+}
+
+#[derive(Default)]
+struct Running {
+    sources: BTreeMap<String, Task>,
+    consumers: BTreeMap<ConsumerId, Task>,
+}
+
+impl Running {
+    fn ready_flags(&self) -> Vec<(String, watch::Receiver<bool>)> {
+        let sources = self.sources.iter().map(|(id, t)| (id.clone(), t));
+        let consumers = self.consumers.iter().map(|((_, id), t)| (id.clone(), t));
+        sources
+            .chain(consumers)
+            .filter_map(|(id, t)| t.ready.clone().map(|f| (id, f)))
+            .collect()
+    }
+}
+
+/// Closes (syncs) a channel that is being dropped; a memory channel's leftovers are lost and
+/// said so.
+async fn close_channel(name: &str, channel: Arc<dyn Channel>) {
+    let left = channel.stats().events;
+    if left > 0 && !channel.is_durable() {
+        error!(message = "events lost: memory channel closed before it was drained", channel = %name, events = left);
+    }
+    channel.close().await;
+}
+
+/// Cancels every task, then waits for them until `deadline` and aborts the rest. True if all
+/// finished in time.
+async fn stop_tasks(tasks: impl IntoIterator<Item = Task>, deadline: Instant) -> bool {
+    let mut set = JoinSet::new();
+    for task in tasks {
+        task.stop.cancel();
+        set.spawn(async move {
+            let _ = task.handle.await;
+        });
+    }
+    join_until(&mut set, deadline).await
 }
 
 /// Waits for every task until `deadline`; aborts the rest. True if all finished in time.

@@ -21,6 +21,32 @@ pub struct SourceContext {
     /// batches, then return.
     pub shutdown: CancellationToken,
     pub metrics: ComponentMetrics,
+    /// A listening source calls [`Ready::set`] once its socket is bound.
+    pub ready: Ready,
+}
+
+/// Tells the agent a component accepts input (its listener is bound), so that the agent's
+/// `READY=1` to systemd means every listener accepts. Cloning shares the flag; the default
+/// flag is watched by no one.
+#[derive(Clone, Debug)]
+pub struct Ready(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Ready {
+    /// A flag and the receiver the agent waits on.
+    pub fn new() -> (Ready, tokio::sync::watch::Receiver<bool>) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (Ready(Arc::new(tx)), rx)
+    }
+
+    pub fn set(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl Default for Ready {
+    fn default() -> Self {
+        Ready::new().0
+    }
 }
 
 #[async_trait]
@@ -35,6 +61,8 @@ pub struct SinkContext {
     /// channel that does not survive a restart, drains what is left before returning.
     pub shutdown: CancellationToken,
     pub metrics: ComponentMetrics,
+    /// A listening sink (`spark`) calls [`Ready::set`] once its socket is bound.
+    pub ready: Ready,
 }
 
 impl SinkContext {

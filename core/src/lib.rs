@@ -19,7 +19,7 @@ pub use channel::{
     Channel, ChannelFull, ChannelStats, CommitError, PutError, TakeError, TakeHandle,
     TakeTransaction,
 };
-pub use component::{ComponentError, Sink, SinkContext, Source, SourceContext};
+pub use component::{ComponentError, Ready, Sink, SinkContext, Source, SourceContext};
 pub use event::{Event, Headers};
 pub use interceptor::{Interceptor, InterceptorConfig};
 pub use memory::{MemoryChannel, MemoryChannelConfig};

@@ -71,6 +71,7 @@ mod tests {
             channel: ch.clone(),
             shutdown: CancellationToken::new(),
             metrics: ComponentMetrics::new(registry.clone(), "sink", "n"),
+            ready: Default::default(),
         };
         cx.shutdown.cancel();
         Box::new(NullSinkConfig { batch_size: 100 }.build())

@@ -363,6 +363,7 @@ impl Sink for SparkSink {
         let addr = listener.local_addr()?;
         let base = sequence_base();
         info!(message = "spark sink listening", %addr, sequence_base = %base);
+        cx.ready.set();
         let stopped = CancellationToken::new();
         let responder = Arc::new(SparkResponder {
             channel: cx.channel.clone(),

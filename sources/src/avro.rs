@@ -206,6 +206,7 @@ impl Source for AvroSource {
             .map_err(|e| format!("cannot listen on {}: {e}", cfg.bind))?;
         let addr = listener.local_addr()?;
         info!(message = "avro source listening", %addr, compression = ?cfg.compression, tls = cfg.tls.is_some());
+        cx.ready.set();
         let server = Arc::new(RpcServer::new(
             Protocol::flume(),
             ServerOptions {

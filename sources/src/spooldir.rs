@@ -834,6 +834,7 @@ mod tests {
                 output,
                 shutdown: shutdown.clone(),
                 metrics: ComponentMetrics::new(Registry::default(), "source", "s"),
+                ready: Default::default(),
             };
             self.task = Some((tokio::spawn(Box::new(src).run(cx)), shutdown));
         }

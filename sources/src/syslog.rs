@@ -383,6 +383,7 @@ async fn run_udp(
     stats: Arc<UdpStats>,
 ) -> Result<(), ComponentError> {
     info!(message = "syslog source listening", mode = "udp", addr = %socket.local_addr()?);
+    cx.ready.set();
     let stop_watch = CancellationToken::new();
     let _stop_watch_on_drop = stop_watch.clone().drop_guard();
     spawn_drop_watch(
@@ -433,6 +434,7 @@ async fn run_tcp(
     c: Arc<Counters>,
 ) -> Result<(), ComponentError> {
     info!(message = "syslog source listening", mode = "tcp", addr = %listener.local_addr()?);
+    cx.ready.set();
     crate::accept::serve_connections(
         listener,
         cfg.max_connections,

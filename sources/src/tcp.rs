@@ -141,6 +141,7 @@ impl Source for TcpSource {
             %addr,
             hint = %format!("send a line with: echo hello > /dev/tcp/{}/{}", addr.ip(), addr.port()),
         );
+        cx.ready.set();
         let counters = ConnectionCounters::new(&cx.metrics);
         crate::accept::serve_connections(
             listener,
@@ -376,6 +377,7 @@ mod tests {
             output,
             shutdown: shutdown.clone(),
             metrics: ComponentMetrics::new(Registry::default(), "source", "t"),
+            ready: Default::default(),
         };
         let task = tokio::spawn(Box::new(config.build()).run(cx));
         let stream = loop {

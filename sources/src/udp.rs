@@ -352,6 +352,7 @@ impl Source for UdpSource {
         let cfg = self.config;
         let socket = UdpSocket::from_std(self.socket)?;
         info!(message = "udp source listening", addr = %socket.local_addr()?);
+        cx.ready.set();
         let c = Counters::new(&cx.metrics);
         let stop_watch = CancellationToken::new();
         let _stop_watch_on_drop = stop_watch.clone().drop_guard();
@@ -445,6 +446,7 @@ pub(crate) mod tests {
             output,
             shutdown: shutdown.clone(),
             metrics: ComponentMetrics::new(Registry::default(), "source", "t"),
+            ready: Default::default(),
         };
         let task = tokio::spawn(src.run(cx));
         Running {

@@ -80,6 +80,11 @@ impl Agent {
 
     /// Like [`Agent::start`] in a directory the caller owns (to restart on the same state).
     pub fn start_in(dir: &Path, config: &str) -> Agent {
+        Agent::start_with_env(dir, config, &[])
+    }
+
+    /// Like [`Agent::start_in`] with extra environment variables (`NOTIFY_SOCKET`, …).
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Agent {
         let config_path = dir.join("weir.toml");
         std::fs::write(
             &config_path,
@@ -93,6 +98,7 @@ impl Agent {
                 "RUST_LOG",
                 std::env::var("WEIR_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

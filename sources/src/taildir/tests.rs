@@ -88,6 +88,7 @@ impl Harness {
             output,
             shutdown: shutdown.clone(),
             metrics: ComponentMetrics::new(self.registry.clone(), "source", "t"),
+            ready: Default::default(),
         };
         self.task = Some((tokio::spawn(Box::new(src).run(cx)), shutdown));
     }
