@@ -81,11 +81,12 @@ impl Topology {
         let http_stop = CancellationToken::new();
         let status = StatusState::new(self.registry.clone(), self.inventory());
         let mut http_ready = None;
-        let http = self.config.http.clone().map(|cfg| {
-            let (ready, flag) = Ready::new();
-            http_ready = Some(flag);
-            let (state, stop) = (status.clone(), http_stop.clone());
-            tokio::spawn(
+        let http =
+            self.config.http.clone().map(|cfg| {
+                let (ready, flag) = Ready::new();
+                http_ready = Some(flag);
+                let (state, stop) = (status.clone(), http_stop.clone());
+                tokio::spawn(
                 async move {
                     if let Err(e) = crate::http::serve(cfg, state, stop, ready).await {
                         error!(message = "http status server failed", error = %format!("{e:#}"));
@@ -93,7 +94,7 @@ impl Topology {
                 }
                 .instrument(tracing::error_span!("component", kind = "http", id = "http")),
             )
-        });
+            });
         let watchdog = notifier.spawn_watchdog(http_stop.clone());
 
         info!(message = "agent started", agent = %self.config.agent.name, components = %self.config.summary());
@@ -127,7 +128,12 @@ impl Topology {
             warn!("sources did not stop in time; aborted (their unanswered batches were not acknowledged)");
         }
         info!("sources stopped; sinks finishing their batches");
-        if !stop_tasks(std::mem::take(&mut running.consumers).into_values(), deadline).await {
+        if !stop_tasks(
+            std::mem::take(&mut running.consumers).into_values(),
+            deadline,
+        )
+        .await
+        {
             warn!("sinks did not finish in time; aborted (uncommitted batches were rolled back)");
         }
         for (name, channel) in std::mem::take(&mut self.channels) {
@@ -167,7 +173,9 @@ impl Topology {
     async fn reload(&mut self, mut new: Config, running: &mut Running) -> anyhow::Result<()> {
         let old = &self.config;
         if new.agent != old.agent {
-            warn!("config reload: the [agent] section changed; it takes effect at the next restart");
+            warn!(
+                "config reload: the [agent] section changed; it takes effect at the next restart"
+            );
             new.agent = old.agent.clone();
         }
         if new.http != old.http {
@@ -236,12 +244,9 @@ impl Topology {
         }
         for name in &changed_channels {
             if let Some(c) = new.channels.get(name) {
-                let channel = c
-                    .build(name, &new.agent.data_dir)
-                    .await
-                    .with_context(|| {
-                        format!("channels.{name}: cannot open {} channel", c.type_name())
-                    })?;
+                let channel = c.build(name, &new.agent.data_dir).await.with_context(|| {
+                    format!("channels.{name}: cannot open {} channel", c.type_name())
+                })?;
                 self.channels.insert(name.clone(), channel);
             }
         }
@@ -268,16 +273,22 @@ impl Topology {
             let span = tracing::error_span!("component", kind = "sink", id = %id, r#type = def.config.type_name());
             let cx_stop = stop.clone();
             let handle = tokio::spawn(
-                supervise("sink", id.clone(), metrics.clone(), stop.clone(), move || {
-                    let cx = SinkContext {
-                        id: id2.clone(),
-                        channel: channel.clone(),
-                        shutdown: cx_stop.clone(),
-                        metrics: metrics.clone(),
-                        ready: ready.clone(),
-                    };
-                    config.build().run(cx)
-                })
+                supervise(
+                    "sink",
+                    id.clone(),
+                    metrics.clone(),
+                    stop.clone(),
+                    move || {
+                        let cx = SinkContext {
+                            id: id2.clone(),
+                            channel: channel.clone(),
+                            shutdown: cx_stop.clone(),
+                            metrics: metrics.clone(),
+                            ready: ready.clone(),
+                        };
+                        config.build().run(cx)
+                    },
+                )
                 .instrument(span),
             );
             running.consumers.insert(
@@ -355,17 +366,23 @@ impl Topology {
             let span = tracing::error_span!("component", kind = "source", id = %id, r#type = def.config.type_name());
             let cx_stop = stop.clone();
             let handle = tokio::spawn(
-                supervise("source", id.clone(), metrics.clone(), stop.clone(), move || {
-                    let cx = SourceContext {
-                        id: id2.clone(),
-                        output: output.clone(),
-                        shutdown: cx_stop.clone(),
-                        metrics: metrics.clone(),
-                        ready: ready.clone(),
-                    };
-                    let built = config.build(&data_dir, &id2);
-                    async move { built?.run(cx).await }
-                })
+                supervise(
+                    "source",
+                    id.clone(),
+                    metrics.clone(),
+                    stop.clone(),
+                    move || {
+                        let cx = SourceContext {
+                            id: id2.clone(),
+                            output: output.clone(),
+                            shutdown: cx_stop.clone(),
+                            metrics: metrics.clone(),
+                            ready: ready.clone(),
+                        };
+                        let built = config.build(&data_dir, &id2);
+                        async move { built?.run(cx).await }
+                    },
+                )
                 .instrument(span),
             );
             running.sources.insert(

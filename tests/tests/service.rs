@@ -93,7 +93,11 @@ fn ready_comes_after_every_listener_accepts_then_watchdog_pings_and_stopping() {
         &listeners_config("127.0.0.1:0"),
         &[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "200000")],
     );
-    assert!(notify.wait_for("READY=1", SECS), "no READY=1: {:?}", notify.seen);
+    assert!(
+        notify.wait_for("READY=1", SECS),
+        "no READY=1: {:?}",
+        notify.seen
+    );
     assert!(
         notify.seen.iter().any(|l| l == "STATUS=starting"),
         "{:?}",
@@ -289,10 +293,7 @@ channels = ["c"]
         message(v).starts_with("config reload refused")
     });
     assert!(
-        refused["config"]
-            .as_str()
-            .unwrap()
-            .ends_with("weir.toml"),
+        refused["config"].as_str().unwrap().ends_with("weir.toml"),
         "{refused}"
     );
     assert!(
