@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 use weir_core::metrics::{MetricName, Registry, Sample};
 use weir_core::{Channel, Ready};
+use weir_streaming::{BatchInfo, DelayHistogram, DelayHistograms, JobMetrics, DELAY_BUCKETS_MS};
 
 /// `[http]`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -46,6 +47,14 @@ pub struct Inventory {
     pub channels: BTreeMap<String, Arc<dyn Channel>>,
     /// (kind, id) of every source and sink, for Flume's document.
     pub components: Vec<(&'static str, String)>,
+    pub jobs: BTreeMap<String, JobView>,
+}
+
+/// A job as the status pages show it.
+#[derive(Clone)]
+pub struct JobView {
+    pub metrics: JobMetrics,
+    pub batch_interval_ms: u64,
 }
 
 impl StatusState {
@@ -92,6 +101,9 @@ pub async fn serve(
         .route("/health", get(health))
         .route("/metrics", get(prometheus))
         .route("/flume/metrics", get(flume_json))
+        .route("/", get(streaming_page))
+        .route("/api/jobs", get(jobs_json))
+        .route("/api/components", get(components_json))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -187,9 +199,13 @@ fn fill(s: &weir_core::ChannelStats) -> f64 {
 }
 
 async fn prometheus(State(state): State<StatusState>) -> impl IntoResponse {
+    let inventory = state.inventory();
+    let mut text = render_prometheus(&state.registry.snapshot(), &inventory.channels);
+    render_job_metrics(&mut text, &inventory.jobs);
     (
+        StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        render_prometheus(&state.registry.snapshot(), &state.inventory().channels),
+        text,
     )
 }
 
@@ -308,6 +324,179 @@ async fn flume_json(State(state): State<StatusState>) -> impl IntoResponse {
     )
 }
 
+/// Per job: batch counters, last-batch gauges and cumulative delay histograms (seconds).
+pub fn render_job_metrics(out: &mut String, jobs: &BTreeMap<String, JobView>) {
+    if jobs.is_empty() {
+        return;
+    }
+    type View<'a> = (
+        &'a String,
+        (u64, u64, u64),
+        Option<BatchInfo>,
+        DelayHistograms,
+    );
+    let views: Vec<View> = jobs
+        .iter()
+        .map(|(id, j)| {
+            (
+                id,
+                j.metrics.totals(),
+                j.metrics.last(),
+                j.metrics.histograms(),
+            )
+        })
+        .collect();
+    type Total = fn(&(u64, u64, u64)) -> u64;
+    let totals: [(&str, Total); 3] = [
+        ("weir_job_batches_total", |t| t.0),
+        ("weir_job_input_events_total", |t| t.1),
+        ("weir_job_malformed_total", |t| t.2),
+    ];
+    for (metric, get) in totals {
+        let _ = writeln!(out, "# TYPE {metric} counter");
+        for (id, t, _, _) in &views {
+            let _ = writeln!(
+                out,
+                "{metric}{{component_kind=\"job\",component_id=\"{}\"}} {}",
+                escape_label(id),
+                get(t)
+            );
+        }
+    }
+    type Last = fn(&BatchInfo) -> f64;
+    let last: [(&str, Last); 4] = [
+        ("weir_job_last_batch_input_events", |b| {
+            b.input_events as f64
+        }),
+        ("weir_job_last_batch_scheduling_delay_seconds", |b| {
+            b.scheduling_delay_ms as f64 / 1000.0
+        }),
+        ("weir_job_last_batch_processing_time_seconds", |b| {
+            b.processing_time_ms as f64 / 1000.0
+        }),
+        ("weir_job_last_batch_total_delay_seconds", |b| {
+            b.total_delay_ms as f64 / 1000.0
+        }),
+    ];
+    for (metric, get) in last {
+        let _ = writeln!(out, "# TYPE {metric} gauge");
+        for (id, _, batch, _) in &views {
+            if let Some(b) = batch {
+                let _ = writeln!(
+                    out,
+                    "{metric}{{component_kind=\"job\",component_id=\"{}\"}} {}",
+                    escape_label(id),
+                    get(b)
+                );
+            }
+        }
+    }
+    type Hist = fn(&DelayHistograms) -> &DelayHistogram;
+    let hists: [(&str, Hist); 3] = [
+        ("weir_job_scheduling_delay_seconds", |h| &h.scheduling_delay),
+        ("weir_job_processing_time_seconds", |h| &h.processing_time),
+        ("weir_job_total_delay_seconds", |h| &h.total_delay),
+    ];
+    for (metric, get) in hists {
+        let _ = writeln!(out, "# TYPE {metric} histogram");
+        for (id, _, _, h) in &views {
+            let h = get(h);
+            let labels = format!(
+                "component_kind=\"job\",component_id=\"{}\"",
+                escape_label(id)
+            );
+            for (bound, n) in DELAY_BUCKETS_MS.iter().zip(h.buckets.iter()) {
+                let le = *bound as f64 / 1000.0;
+                let _ = writeln!(out, "{metric}_bucket{{{labels},le=\"{le}\"}} {n}");
+            }
+            let _ = writeln!(out, "{metric}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "{metric}_sum{{{labels}}} {}", h.sum_ms as f64 / 1000.0);
+            let _ = writeln!(out, "{metric}_count{{{labels}}} {}", h.count);
+        }
+    }
+}
+
+fn json_response(value: serde_json::Value) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+}
+
+/// `GET /api/jobs`: every job's retained batches (oldest first) and totals.
+async fn jobs_json(State(state): State<StatusState>) -> impl IntoResponse {
+    let inventory = state.inventory();
+    let jobs: serde_json::Map<String, serde_json::Value> = inventory
+        .jobs
+        .iter()
+        .map(|(id, j)| {
+            let (batches_total, events_total, malformed_total) = j.metrics.totals();
+            (
+                id.clone(),
+                serde_json::json!({
+                    "batch_interval_ms": j.batch_interval_ms,
+                    "batches_total": batches_total,
+                    "input_events_total": events_total,
+                    "malformed_total": malformed_total,
+                    "batches": j.metrics.batches(),
+                }),
+            )
+        })
+        .collect();
+    json_response(serde_json::json!({ "now_ms": now_ms(), "jobs": jobs }))
+}
+
+/// `GET /api/components`: every component's counters and every channel's fill.
+async fn components_json(State(state): State<StatusState>) -> impl IntoResponse {
+    let inventory = state.inventory();
+    let mut components: BTreeMap<(String, String), serde_json::Map<String, serde_json::Value>> =
+        BTreeMap::new();
+    for (kind, id) in &inventory.components {
+        components.insert((kind.to_string(), id.clone()), Default::default());
+    }
+    for id in inventory.jobs.keys() {
+        components.insert(("job".into(), id.clone()), Default::default());
+    }
+    for s in state.registry.snapshot() {
+        components
+            .entry((s.component_kind.to_string(), s.component_id.clone()))
+            .or_default()
+            .insert(s.name.as_str().to_string(), s.value.into());
+    }
+    let components: Vec<serde_json::Value> = components
+        .into_iter()
+        .map(|((kind, id), counters)| serde_json::json!({ "kind": kind, "id": id, "counters": counters }))
+        .collect();
+    let channels: Vec<serde_json::Value> = inventory
+        .channels
+        .iter()
+        .map(|(name, ch)| {
+            let st = ch.stats();
+            serde_json::json!({
+                "name": name,
+                "events": st.events,
+                "bytes": st.bytes,
+                "max_events": st.max_events,
+                "fill_percent": fill(&st),
+                "durable": ch.is_durable(),
+            })
+        })
+        .collect();
+    json_response(serde_json::json!({
+        "uptime_ms": now_ms().saturating_sub(state.started_ms),
+        "components": components,
+        "channels": channels,
+    }))
+}
+
+/// `GET /`: the streaming page (charts drawn in the browser from the two JSON documents).
+async fn streaming_page() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("status_page.html"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,6 +526,7 @@ mod tests {
             Inventory {
                 channels: BTreeMap::from([("c".to_string(), ch)]),
                 components: vec![("source", "in".to_string()), ("sink", "out".to_string())],
+                jobs: BTreeMap::new(),
             },
         );
         state.started_ms = 1700000000000;

@@ -19,10 +19,10 @@ use weir_core::{
     Channel, ChannelProcessor, ComponentError, Interceptor, Ready, SinkContext, SourceContext,
 };
 
-use weir_streaming::BuildContext;
+use weir_streaming::{BuildContext, JobMetrics};
 
 use crate::config::Config;
-use crate::http::{Inventory, StatusState};
+use crate::http::{Inventory, JobView, StatusState};
 use crate::systemd::SystemdNotifier;
 
 /// A component that ran at least this long before failing starts again from the shortest
@@ -33,6 +33,8 @@ pub struct Topology {
     config: Config,
     registry: Registry,
     channels: BTreeMap<String, Arc<dyn Channel>>,
+    /// Each job's batch metrics, kept across its restarts and reloads.
+    job_metrics: BTreeMap<String, JobMetrics>,
 }
 
 impl Topology {
@@ -52,6 +54,7 @@ impl Topology {
             config,
             registry,
             channels,
+            job_metrics: BTreeMap::new(),
         })
     }
 
@@ -162,9 +165,26 @@ impl Topology {
             .map(|id| ("source", id.clone()))
             .collect();
         components.extend(self.config.sinks.keys().map(|id| ("sink", id.clone())));
+        let jobs = self
+            .config
+            .jobs
+            .iter()
+            .filter_map(|(id, job)| {
+                let metrics = self.job_metrics.get(id)?.clone();
+                let batch_interval_ms = job.batch_interval.0.as_millis() as u64;
+                Some((
+                    id.clone(),
+                    JobView {
+                        metrics,
+                        batch_interval_ms,
+                    },
+                ))
+            })
+            .collect();
         Inventory {
             channels: self.channels.clone(),
             components,
+            jobs,
         }
     }
 
@@ -258,7 +278,7 @@ impl Topology {
 
     /// Starts every configured component that is not running: sinks and jobs first, so that
     /// sources never fill a channel nobody drains.
-    fn start_missing(&self, running: &mut Running) -> anyhow::Result<()> {
+    fn start_missing(&mut self, running: &mut Running) -> anyhow::Result<()> {
         for (id, def) in &self.config.sinks {
             if running.consumers.contains_key(&("sink", id.clone())) {
                 continue;
@@ -320,6 +340,11 @@ impl Topology {
                 }
                 _ => None,
             };
+            let job_metrics = self
+                .job_metrics
+                .entry(id.clone())
+                .or_insert_with(|| JobMetrics::new(job.retained_batches))
+                .clone();
             let span = tracing::error_span!("component", kind = "job", id = %id);
             let cx_stop = stop.clone();
             let handle = tokio::spawn(
@@ -327,6 +352,7 @@ impl Topology {
                     let mut cx =
                         BuildContext::new(inputs.clone(), data_dir.clone(), cx_stop.clone());
                     cx.events_output = events_output.clone();
+                    cx.metrics = Some(job_metrics.clone());
                     let built = config.build(&id2, cx);
                     async move { Ok(built?.run().await?) }
                 })

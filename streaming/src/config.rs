@@ -234,6 +234,8 @@ pub struct BuildContext {
     /// Test hooks: replace the clock and the `print` target.
     pub clock: Option<SharedClock>,
     pub print_target: Option<PrintTarget>,
+    /// The agent's handle on the job's batch metrics (kept across restarts).
+    pub metrics: Option<crate::JobMetrics>,
 }
 
 impl BuildContext {
@@ -249,6 +251,7 @@ impl BuildContext {
             events_output: None,
             clock: None,
             print_target: None,
+            metrics: None,
         }
     }
 }
@@ -648,6 +651,7 @@ impl JobConfig {
         options.max_batch_events = self.max_batch_events;
         options.retained_batches = self.retained_batches;
         options.data_dir = Some(cx.data_dir.clone());
+        options.metrics = cx.metrics.clone();
         let mut ctx = StreamingContext::new(name, options);
         if let Some(c) = cx.clock.clone() {
             ctx = ctx.with_clock(c);

@@ -49,6 +49,9 @@ pub struct JobOptions {
     /// Checkpoints go to `<data_dir>/jobs/<name>/`; `None` runs without checkpoints (inputs
     /// are committed after each batch's outputs; state is lost on restart).
     pub data_dir: Option<PathBuf>,
+    /// Record into this handle instead of a new one, so that the agent's view of a job's
+    /// batches survives the job being restarted.
+    pub metrics: Option<JobMetrics>,
 }
 
 impl JobOptions {
@@ -64,6 +67,7 @@ impl JobOptions {
             retained_batches: 1000,
             max_catch_up_batches: 1000,
             data_dir: None,
+            metrics: None,
         }
     }
 }
@@ -213,7 +217,11 @@ impl StreamingContext {
             pending: Vec::new(),
         };
         Ok(Job {
-            metrics: JobMetrics::new(self.options.retained_batches),
+            metrics: self
+                .options
+                .metrics
+                .clone()
+                .unwrap_or_else(|| JobMetrics::new(self.options.retained_batches)),
             name: self.name,
             interval_ms,
             checkpoint_interval_ms: self

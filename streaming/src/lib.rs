@@ -84,7 +84,7 @@ pub use clock::{Clock, SystemClock, TokioClock};
 pub use config::{BuildContext, JobConfig};
 pub use input::{ChannelInput, InputBatch, InputChunk, InputError, InputPosition, JobInput};
 pub use job::{FailPoint, Job, JobError, JobOptions, StreamingContext};
-pub use metrics::{BatchInfo, JobMetrics};
+pub use metrics::{BatchInfo, DelayHistogram, DelayHistograms, JobMetrics, DELAY_BUCKETS_MS};
 pub use output::{format_print, text_event, EventsFn, Output, OutputError, OutputFmt};
 pub use rate::{PidConfig, PidRateEstimator, RateController};
 pub use stream::{field, BatchCx, Data, EventStream, Key, Stream};
