@@ -6,6 +6,7 @@ pub mod client;
 pub mod components;
 pub mod config;
 pub mod http;
+pub mod import_flume;
 pub mod jobs;
 pub mod logging;
 pub mod poll;

@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +38,19 @@ enum Command {
     Send(weir::send::SendArgs),
     /// Poll a spark sink (Spark's Flume polling protocol) and print the events.
     Poll(weir::poll::PollArgs),
+    /// Convert a Flume agent's properties file to weir TOML (stdout, or --output). Exit 0 when
+    /// everything was translated, 2 when some properties were not (listed on stderr), 1 on
+    /// errors.
+    ImportFlume {
+        /// The Flume `.properties` file.
+        file: PathBuf,
+        /// The agent to convert (Flume's `-n`); needed when the file configures several.
+        #[arg(long, short)]
+        agent: Option<String>,
+        /// Write the TOML here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Load generators that measure a running agent.
     #[command(subcommand)]
     Bench(weir::bench::BenchCommand),
@@ -63,6 +76,11 @@ fn main() -> ExitCode {
             eprintln!("weir poll: {got} events received");
             Ok(())
         }),
+        Command::ImportFlume {
+            file,
+            agent,
+            output,
+        } => import_flume(&file, agent.as_deref(), output.as_deref()),
         Command::Bench(cmd) => match weir::bench::run(cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -111,6 +129,62 @@ where
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn import_flume(file: &Path, agent: Option<&str>, output: Option<&Path>) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let conversion = match weir::import_flume::convert(&text, agent) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let origin = format!("<{} converted>", file.display());
+    let valid = config::parse(&conversion.toml, &origin);
+    let written = match output {
+        Some(path) => {
+            std::fs::write(path, &conversion.toml).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        None => {
+            print!("{}", conversion.toml);
+            Ok(())
+        }
+    };
+    if let Err(e) = written {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    for u in &conversion.untranslated {
+        eprintln!("not translated: {}: {}", u.property, u.reason);
+    }
+    if let Err(errors) = valid {
+        for line in errors.to_string().lines() {
+            eprintln!("error: the converted config is not valid yet: {line}");
+        }
+        return ExitCode::FAILURE;
+    }
+    eprintln!(
+        "weir import-flume: agent `{}` converted; {} propert{} not translated",
+        conversion.agent,
+        conversion.untranslated.len(),
+        if conversion.untranslated.len() == 1 {
+            "y"
+        } else {
+            "ies"
+        }
+    );
+    if conversion.untranslated.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
     }
 }
 
