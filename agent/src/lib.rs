@@ -12,6 +12,7 @@ pub mod logging;
 pub mod poll;
 pub mod send;
 pub mod systemd;
+pub mod top;
 pub mod topology;
 
 /// The embedded default config (`conf/weir.toml`), used by `weir run` without `--config`.

@@ -51,6 +51,8 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// A live terminal view of a running agent's counters (from its `[http]` server).
+    Top(weir::top::TopArgs),
     /// Load generators that measure a running agent.
     #[command(subcommand)]
     Bench(weir::bench::BenchCommand),
@@ -81,6 +83,13 @@ fn main() -> ExitCode {
             agent,
             output,
         } => import_flume(&file, agent.as_deref(), output.as_deref()),
+        Command::Top(args) => match weir::top::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Bench(cmd) => match weir::bench::run(cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

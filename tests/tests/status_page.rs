@@ -235,3 +235,47 @@ fn huge_headers_and_slow_clients_do_not_stop_the_status_server() {
     assert!(started.elapsed() < SECS);
     drop(slow);
 }
+
+#[test]
+fn weir_top_once_shows_counters_rates_channels_and_jobs() {
+    let agent = Agent::start(JOB_CONFIG);
+    let http = agent.listen_addr("http");
+    let lines = agent.listen_addr("lines");
+    send_requests(lines, 700);
+    wait_until(SECS, "the job to count 700 events", || {
+        let (_, body) = get(http, "/api/jobs");
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        v["jobs"]["request_count"]["input_events_total"] == 700
+    });
+    let out = Command::new(weir_bin())
+        .args(["top", "--once", "--interval", "0.2", "--http"])
+        .arg(http.to_string())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains('\x1b'), "--once draws no escape codes");
+    let source = text
+        .lines()
+        .find(|l| l.starts_with("source") && l.contains("lines"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(source.split_whitespace().any(|w| w == "700"), "{source}");
+    assert!(text.lines().any(|l| l.starts_with("to_job")), "{text}");
+    let job = text
+        .lines()
+        .find(|l| l.starts_with("request_count"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(job.split_whitespace().any(|w| w == "700"), "{job}");
+
+    // No agent there: a clear error, exit 1.
+    let out = Command::new(weir_bin())
+        .args(["top", "--once", "--http", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+}
