@@ -113,7 +113,7 @@ impl Topology {
                 Some(new) = reloads.recv() => {
                     readiness.cancel();
                     notifier.reloading();
-                    self.reload(new, &mut running).await?;
+                    self.reload(new, &mut running).await;
                     status.set_inventory(self.inventory());
                     readiness = CancellationToken::new();
                     let mut flags = running.ready_flags();
@@ -190,7 +190,9 @@ impl Topology {
 
     /// Applies a new config: stops what changed (sources first, then consumers), swaps the
     /// changed channels, starts what is missing (consumers first, then sources).
-    async fn reload(&mut self, mut new: Config, running: &mut Running) -> anyhow::Result<()> {
+    /// Failures to open a channel or start a component are logged, never fatal: whatever can
+    /// run keeps running.
+    async fn reload(&mut self, mut new: Config, running: &mut Running) {
         let old = &self.config;
         if new.agent != old.agent {
             warn!(
@@ -263,22 +265,74 @@ impl Topology {
             }
         }
         for name in &changed_channels {
-            if let Some(c) = new.channels.get(name) {
-                let channel = c.build(name, &new.agent.data_dir).await.with_context(|| {
-                    format!("channels.{name}: cannot open {} channel", c.type_name())
-                })?;
-                self.channels.insert(name.clone(), channel);
+            let Some(c) = new.channels.get(name).cloned() else {
+                continue;
+            };
+            match c.build(name, &new.agent.data_dir).await {
+                Ok(channel) => {
+                    self.channels.insert(name.clone(), channel);
+                }
+                Err(e) => {
+                    error!(message = "config reload: cannot open channel; keeping its previous definition", key = %format!("channels.{name}"), r#type = c.type_name(), error = %format!("{e:#}"));
+                    self.keep_old_channel(name, &mut new).await;
+                }
             }
         }
         self.config = new;
-        self.start_missing(running)?;
+        if let Err(e) = self.start_missing(running) {
+            error!(message = "config reload: some components could not start", error = %format!("{e:#}"));
+        }
         info!(message = "config reloaded", components = %self.config.summary());
-        Ok(())
+    }
+
+    /// After `name`'s new definition failed to open: reopens the previous one, or, when there
+    /// is none (or it fails too), leaves out of `new` every component that uses the channel,
+    /// so that they stay stopped and a later reload starts them.
+    async fn keep_old_channel(&mut self, name: &str, new: &mut Config) {
+        if let Some(c) = self.config.channels.get(name).cloned() {
+            match c.build(name, &self.config.agent.data_dir).await {
+                Ok(channel) => {
+                    self.channels.insert(name.to_string(), channel);
+                    new.channels.insert(name.to_string(), c);
+                    return;
+                }
+                Err(e) => {
+                    error!(message = "config reload: cannot reopen channel with its previous definition either", key = %format!("channels.{name}"), error = %format!("{e:#}"))
+                }
+            }
+        }
+        new.channels.remove(name);
+        let uses = |names: &[String]| names.iter().any(|n| n == name);
+        let mut left_out: Vec<String> = Vec::new();
+        new.sources.retain(|id, def| {
+            let keep = !uses(&def.channels);
+            if !keep {
+                left_out.push(format!("sources.{id}"));
+            }
+            keep
+        });
+        new.sinks.retain(|id, def| {
+            let keep = def.channel != name;
+            if !keep {
+                left_out.push(format!("sinks.{id}"));
+            }
+            keep
+        });
+        new.jobs.retain(|id, job| {
+            let keep = !uses(&job.input_names());
+            if !keep {
+                left_out.push(format!("jobs.{id}"));
+            }
+            keep
+        });
+        error!(message = "config reload: components left stopped until a reload can open their channel", channel = %name, components = %left_out.join(", "));
     }
 
     /// Starts every configured component that is not running: sinks and jobs first, so that
     /// sources never fill a channel nobody drains.
+    /// A source that cannot be wired is skipped (and reported in the error); the rest start.
     fn start_missing(&mut self, running: &mut Running) -> anyhow::Result<()> {
+        let mut failed: Vec<String> = Vec::new();
         for (id, def) in &self.config.sinks {
             if running.consumers.contains_key(&("sink", id.clone())) {
                 continue;
@@ -377,9 +431,17 @@ impl Topology {
                 .iter()
                 .map(|c| self.channels[c].clone())
                 .collect();
+            let processor = match ChannelProcessor::new(channels, &def.selector)
+                .with_context(|| format!("sources.{id}.selector"))
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    failed.push(format!("{e:#}"));
+                    continue;
+                }
+            };
             let output = Arc::new(
-                ChannelProcessor::new(channels, &def.selector)
-                    .with_context(|| format!("sources.{id}.selector"))?
+                processor
                     .with_interceptors(def.interceptors.iter().map(Interceptor::build).collect()),
             );
             let config = def.config.clone();
@@ -420,7 +482,10 @@ impl Topology {
                 },
             );
         }
-        Ok(())
+        match failed.is_empty() {
+            true => Ok(()),
+            false => Err(anyhow::anyhow!("{}", failed.join("; "))),
+        }
     }
 }
 

@@ -216,6 +216,30 @@ fn send_acked(conn: &mut TcpStream, replies: &mut impl BufRead, lines: &[String]
     }
 }
 
+/// Another pipeline on its own channel, added and removed by alternate reloads.
+const EXTRA_PIPELINE: &str = r#"
+[sources.extra]
+type = "tcp"
+bind = "127.0.0.1:0"
+channels = ["m"]
+
+[channels.m]
+type = "memory"
+
+[sinks.drop]
+type = "null"
+channel = "m"
+"#;
+
+/// Log records of `message` from the component `id`.
+fn logged_by(agent: &Agent, id: &str, text: &str) -> usize {
+    agent
+        .logs()
+        .iter()
+        .filter(|v| message(v) == text && v["span"]["id"] == id)
+        .count()
+}
+
 #[test]
 fn ten_sighups_keep_an_unchanged_pipeline_running_without_loss() {
     let agent = Agent::start(&pipeline_config(""));
@@ -223,17 +247,50 @@ fn ten_sighups_keep_an_unchanged_pipeline_running_without_loss() {
     let mut conn = TcpStream::connect(addr).unwrap();
     conn.set_read_timeout(Some(SECS)).unwrap();
     let mut replies = BufReader::new(conn.try_clone().unwrap());
-    let mut sent = Vec::new();
+
+    // A client keeps sending (and waiting for each OK) while the reloads happen.
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let progress = std::sync::Arc::new(AtomicUsize::new(0));
+    let sender = {
+        let (stop, progress) = (stop.clone(), progress.clone());
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            for round in 0..100_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let lines: Vec<String> = (0..20).map(|i| format!("r{round}-{i}")).collect();
+                send_acked(&mut conn, &mut replies, &lines);
+                acked.extend(lines);
+                progress.store(acked.len(), Ordering::Relaxed);
+            }
+            acked
+        })
+    };
+    // Between reloads, wait until the client got another 100 lines through.
+    let flowing = |what: &str| {
+        let base = progress.load(Ordering::Relaxed);
+        wait_until(SECS, what, || {
+            progress.load(Ordering::Relaxed) >= base + 100
+        });
+    };
     for round in 0..10 {
-        let lines: Vec<String> = (0..200).map(|i| format!("r{round}-{i}")).collect();
-        send_acked(&mut conn, &mut replies, &lines);
-        sent.extend(lines);
+        flowing("lines acknowledged before the reload");
+        // Odd rounds add the other pipeline, even ones remove it: a real diff every time.
+        let extra = if round % 2 == 0 { EXTRA_PIPELINE } else { "" };
+        rewrite(&agent, &pipeline_config(extra));
         agent.signal("HUP");
         wait_until(SECS, "the reload", || reloads(&agent) == round + 1);
     }
-    let tail: Vec<String> = (0..200).map(|i| format!("after-{i}")).collect();
-    send_acked(&mut conn, &mut replies, &tail);
-    sent.extend(tail);
+    wait_until(SECS, "the other pipeline to start and stop 5 times", || {
+        logged_by(&agent, "extra", "tcp source listening") == 5
+    });
+    flowing("lines acknowledged after the last reload");
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender.join().expect("sender thread");
+    assert!(!sent.is_empty());
+    eprintln!("{} lines acknowledged across the reloads", sent.len());
 
     let out = agent.wait_stdout(sent.len(), SECS);
     let bodies: Vec<String> = out
@@ -245,13 +302,97 @@ fn ten_sighups_keep_an_unchanged_pipeline_running_without_loss() {
         })
         .collect();
     assert_eq!(bodies, sent, "every acknowledged line once, in order");
-    // The same connection served every round: the source was never restarted.
-    let listening = agent
-        .logs()
+    // The same connection served every round: `lines` and its sink were never restarted.
+    assert_eq!(logged_by(&agent, "lines", "tcp source listening"), 1);
+    assert!(!agent.logged("component failed"));
+}
+
+#[test]
+fn a_changed_channel_restarts_its_source_and_sink_and_keeps_its_backlog() {
+    // Nobody polls the spark sink, so acknowledged lines wait in the file channel.
+    let before = r#"
+[agent]
+data_dir = "{dir}/data"
+
+[sources.lines]
+type = "tcp"
+bind = "127.0.0.1:0"
+ack = true
+channels = ["c"]
+
+[channels.c]
+type = "file"
+
+[sinks.out]
+type = "spark"
+channel = "c"
+bind = "127.0.0.1:0"
+"#;
+    let agent = Agent::start(before);
+    let mut conn = TcpStream::connect(agent.listen_addr("lines")).unwrap();
+    conn.set_read_timeout(Some(SECS)).unwrap();
+    let mut replies = BufReader::new(conn.try_clone().unwrap());
+    let sent: Vec<String> = (0..300).map(|i| format!("backlog-{i}")).collect();
+    send_acked(&mut conn, &mut replies, &sent);
+
+    // The channel's limits change and its sink becomes a console sink.
+    let after = before
+        .replace(
+            "[channels.c]\ntype = \"file\"",
+            "[channels.c]\ntype = \"file\"\nmax_events = 5000",
+        )
+        .replace(
+            "type = \"spark\"\nchannel = \"c\"\nbind = \"127.0.0.1:0\"",
+            "type = \"console\"\nchannel = \"c\"",
+        );
+    assert_ne!(after, before);
+    rewrite(&agent, &after);
+    agent.signal("HUP");
+    let out = agent.wait_stdout(sent.len(), SECS);
+    let bodies: Vec<String> = out
         .iter()
-        .filter(|v| message(v) == "tcp source listening")
-        .count();
-    assert_eq!(listening, 1);
+        .map(|l| {
+            l.trim_start_matches("Event: { headers:{} body: ")
+                .trim_end_matches(" }")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(bodies, sent, "the backlog survived the channel's reopen");
+    wait_until(SECS, "the restarted source", || {
+        logged_by(&agent, "lines", "tcp source listening") == 2
+    });
+}
+
+#[test]
+fn a_channel_that_cannot_open_on_reload_leaves_the_rest_running() {
+    let agent = Agent::start(&pipeline_config(""));
+    let lines = agent.listen_addr("lines");
+    // A regular file where the new file channel's directory must go.
+    let blocker = agent.dir.join("data/channels/m");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let extra = EXTRA_PIPELINE.replace("type = \"memory\"", "type = \"file\"");
+    rewrite(&agent, &pipeline_config(&extra));
+    agent.signal("HUP");
+    let failed = agent.wait_log(SECS, "the open failure", |v| {
+        message(v).starts_with("config reload: cannot open channel")
+    });
+    assert_eq!(failed["key"], "channels.m", "{failed}");
+    wait_until(SECS, "the reload", || reloads(&agent) == 1);
+    assert!(agent.logs().iter().any(|v| {
+        message(v).starts_with("config reload: components left stopped")
+            && v["components"] == "sources.extra, sinks.drop"
+    }));
+    let mut s = TcpStream::connect(lines).unwrap();
+    writeln!(s, "still-running").unwrap();
+    drop(s);
+    let out = agent.wait_stdout(1, SECS);
+    assert!(out[0].contains("still-running"), "{out:?}");
+
+    // Once the directory can be made, the same config's next reload starts the pipeline.
+    std::fs::remove_file(&blocker).unwrap();
+    agent.signal("HUP");
+    TcpStream::connect(agent.listen_addr("extra")).expect("extra listens after the retry");
+    assert!(!agent.logged("agent failed"));
 }
 
 #[test]
