@@ -68,15 +68,36 @@ impl SystemdNotifier {
 
     /// Sends `READY=1` with `status` once every flag is set (each listener bound), unless
     /// `stop` comes first. Logs `agent ready` either way it gets there.
+    ///
+    /// With `give_up_after` (after a reload, when systemd waits for `READY=1` to end the
+    /// reload job), `READY=1` goes out at that deadline anyway, its status naming the
+    /// components not listening yet: the rest of the agent runs, and a reload that added a
+    /// source whose port is taken must not leave the unit "reloading" forever.
     pub fn spawn_ready_when(
         &self,
         mut flags: Vec<(String, watch::Receiver<bool>)>,
         status: String,
         stop: CancellationToken,
+        give_up_after: Option<Duration>,
     ) -> tokio::task::JoinHandle<()> {
         let notifier = *self;
         tokio::spawn(async move {
+            let deadline = give_up_after.map(|d| tokio::time::Instant::now() + d);
+            let expired = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(expired);
+            let mut pending = Vec::new();
             for (id, flag) in &mut flags {
+                if !pending.is_empty() {
+                    if !*flag.borrow() {
+                        pending.push(id.clone());
+                    }
+                    continue;
+                }
                 tokio::select! {
                     r = flag.wait_for(|ready| *ready) => {
                         if r.is_err() {
@@ -84,11 +105,18 @@ impl SystemdNotifier {
                             return;
                         }
                     }
+                    _ = &mut expired => pending.push(id.clone()),
                     _ = stop.cancelled() => return,
                 }
             }
-            info!(message = "agent ready", listeners = flags.len(), status = %status);
-            notifier.ready(&status);
+            if pending.is_empty() {
+                info!(message = "agent ready", listeners = flags.len(), status = %status);
+                notifier.ready(&status);
+            } else {
+                let status = format!("{status}; not listening yet: {}", pending.join(", "));
+                warn!(message = "agent ready, but some listeners are not bound yet", not_listening = %pending.join(", "), status = %status);
+                notifier.ready(&status);
+            }
         })
     }
 }

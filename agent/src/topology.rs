@@ -29,6 +29,10 @@ use crate::systemd::SystemdNotifier;
 /// backoff.
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
 
+/// After a reload, how long `READY=1` waits for newly added listeners to bind before it is
+/// sent anyway (with the ones still missing in `STATUS=`).
+const RELOAD_READY_WAIT: Duration = Duration::from_secs(10);
+
 pub struct Topology {
     config: Config,
     registry: Registry,
@@ -104,7 +108,7 @@ impl Topology {
         let mut readiness = CancellationToken::new();
         let mut flags = running.ready_flags();
         flags.extend(http_ready.clone().map(|f| ("http".to_string(), f)));
-        notifier.spawn_ready_when(flags, self.status_line(), readiness.clone());
+        notifier.spawn_ready_when(flags, self.status_line(), readiness.clone(), None);
 
         tokio::pin!(stop);
         loop {
@@ -118,7 +122,7 @@ impl Topology {
                     readiness = CancellationToken::new();
                     let mut flags = running.ready_flags();
                     flags.extend(http_ready.clone().map(|f| ("http".to_string(), f)));
-                    notifier.spawn_ready_when(flags, self.status_line(), readiness.clone());
+                    notifier.spawn_ready_when(flags, self.status_line(), readiness.clone(), Some(RELOAD_READY_WAIT));
                 }
             }
         }

@@ -132,6 +132,16 @@ fn ready_comes_after_every_listener_accepts_then_watchdog_pings_and_stopping() {
         notify.seen
     );
 
+    // A reload is bracketed by RELOADING=1 and a fresh READY=1, as systemd expects.
+    agent.signal("HUP");
+    assert!(notify.wait_for("RELOADING=1", SECS), "{:?}", notify.seen);
+    assert!(notify.wait_for("READY=1", SECS), "{:?}", notify.seen);
+    assert!(
+        notify.seen.iter().any(|l| l == "STATUS=reloading"),
+        "{:?}",
+        notify.seen
+    );
+
     agent.signal("TERM");
     assert!(
         notify.wait_for("STOPPING=1", SECS),
@@ -163,6 +173,41 @@ fn no_ready_while_a_listener_cannot_bind() {
     drop(taken);
     // Once the port is free the supervisor's retry binds it and the agent becomes ready.
     assert!(notify.wait_for("READY=1", SECS), "{:?}", notify.seen);
+}
+
+#[test]
+fn a_reload_whose_new_listener_cannot_bind_still_ends_with_ready_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (mut notify, path) = NotifySocket::bind(tmp.path());
+    let agent = Agent::start_with_env(
+        tmp.path(),
+        &pipeline_config(""),
+        &[("NOTIFY_SOCKET", &path)],
+    );
+    assert!(notify.wait_for("READY=1", SECS), "{:?}", notify.seen);
+    let extra = format!(
+        "[sources.extra]\ntype = \"tcp\"\nbind = \"{}\"\nchannels = [\"c\"]\n",
+        taken.local_addr().unwrap()
+    );
+    rewrite(&agent, &pipeline_config(&extra));
+    agent.signal("HUP");
+    assert!(notify.wait_for("RELOADING=1", SECS), "{:?}", notify.seen);
+    // systemd ends the reload job at the next READY=1: it comes (after the agent's 10 s wait
+    // for new listeners) and says which one is missing.
+    assert!(notify.wait_for("READY=1", SECS), "{:?}", notify.seen);
+    let status = notify
+        .seen
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("STATUS=running"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        status.ends_with("; not listening yet: extra"),
+        "{:?}",
+        notify.seen
+    );
 }
 
 fn pipeline_config(extra: &str) -> String {
