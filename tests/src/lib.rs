@@ -323,3 +323,5 @@ pub fn py_peer() -> String {
         env!("CARGO_MANIFEST_DIR")
     )
 }
+
+pub mod kafka;
