@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use weir_core::ComponentError;
 use weir_core::{Channel, MemoryChannel, MemoryChannelConfig, Sink, Source};
+use weir_kafka::sink::KafkaSinkConfig;
 use weir_sinks::avro::AvroSinkConfig;
 use weir_sinks::console::ConsoleSinkConfig;
 use weir_sinks::null::NullSinkConfig;
@@ -247,17 +248,19 @@ impl ChannelConfig {
 pub enum SinkConfig {
     Avro(AvroSinkConfig),
     Console(ConsoleSinkConfig),
+    Kafka(KafkaSinkConfig),
     Null(NullSinkConfig),
     Spark(SparkSinkConfig),
 }
 
 impl SinkConfig {
-    pub const TYPES: &'static [&'static str] = &["avro", "console", "null", "spark"];
+    pub const TYPES: &'static [&'static str] = &["avro", "console", "kafka", "null", "spark"];
 
     pub fn parse(kind: &str, table: toml::Value) -> Result<Self, FieldError> {
         match kind {
             "avro" => parse_checked!(table, AvroSinkConfig, SinkConfig::Avro),
             "console" => parse_checked!(table, ConsoleSinkConfig, SinkConfig::Console),
+            "kafka" => parse_checked!(table, KafkaSinkConfig, SinkConfig::Kafka),
             "null" => parse_checked!(table, NullSinkConfig, SinkConfig::Null),
             "spark" => parse_checked!(table, SparkSinkConfig, SinkConfig::Spark),
             other => Err(unknown_type(other, Self::TYPES)),
@@ -268,6 +271,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Avro(_) => "avro",
             SinkConfig::Console(_) => "console",
+            SinkConfig::Kafka(_) => "kafka",
             SinkConfig::Null(_) => "null",
             SinkConfig::Spark(_) => "spark",
         }
@@ -284,6 +288,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Avro(c) => Box::new(c.build()),
             SinkConfig::Console(c) => Box::new(c.build()),
+            SinkConfig::Kafka(c) => Box::new(c.build()),
             SinkConfig::Null(c) => Box::new(c.build()),
             SinkConfig::Spark(c) => Box::new(c.build()),
         }

@@ -1,3 +1,6 @@
 //! weir's Kafka components, on librdkafka (the `rdkafka` crate, bundled build):
 //! the `kafka` source (receiver mode), sink and channel, and the direct input and
 //! transactional output of streaming jobs.
+
+pub mod client;
+pub mod sink;
