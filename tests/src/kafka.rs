@@ -2,7 +2,7 @@
 //! clients the tests check weir against (kcat, Debian's python3-confluent-kafka).
 //!
 //! The broker is `noida-db` 0.2.3 from PyPI (`scripts/test` installs it and exports
-//! `NOIDA_DB` with the path of its real binary; otherwise `noida-db` on PATH is used), run as
+//! `NOIDA_DB` with the path of its real binary; otherwise it is looked up through `python3`), run as
 //! `noida-db start --only kafka --kafka-port PORT --host 127.0.0.1 --data-dir DIR`, one broker
 //! per test in its own temp dir. Checked with kcat 1.7.1 and confluent-kafka 1.7.0 /
 //! librdkafka 2.0.2, what it supports:
@@ -18,20 +18,30 @@
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The noida-db command: `$NOIDA_DB`, else `noida-db` on PATH.
+/// The real noida-db binary: `$NOIDA_DB`, else the one inside the `noida_db` package of the
+/// `python3` on PATH. Not the PyPI wrapper script: killing the wrapper would leave the broker
+/// running.
 fn noida_db() -> PathBuf {
-    std::env::var_os("NOIDA_DB")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "noida-db".into())
+    if let Some(path) = std::env::var_os("NOIDA_DB") {
+        return path.into();
+    }
+    let found = Command::new("python3")
+        .args([
+            "-c",
+            "import noida_db, os; print(os.path.join(os.path.dirname(noida_db.__file__), 'noida-db'))",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    found.map_or_else(|| "noida-db".into(), PathBuf::from)
 }
 
-/// A running noida-db Kafka broker on a free 127.0.0.1 port; killed (with its whole process
-/// group, as the PyPI entry point is a wrapper around the real binary) and removed on drop.
+/// A running noida-db Kafka broker on a free 127.0.0.1 port; killed and removed on drop.
 pub struct Broker {
     child: Child,
     port: u16,
@@ -64,7 +74,6 @@ impl Broker {
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("log file"))
                 .stderr(log)
-                .process_group(0)
                 .spawn()
                 .unwrap_or_else(|e| {
                     panic!(
@@ -200,10 +209,6 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        // The whole process group: the PyPI wrapper and the broker it runs.
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.child.id())])
-            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
