@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use weir_core::ComponentError;
 use weir_core::{Channel, MemoryChannel, MemoryChannelConfig, Sink, Source};
 use weir_kafka::sink::KafkaSinkConfig;
+use weir_kafka::source::KafkaSourceConfig;
 use weir_sinks::avro::AvroSinkConfig;
 use weir_sinks::console::ConsoleSinkConfig;
 use weir_sinks::null::NullSinkConfig;
@@ -73,6 +74,7 @@ fn checked<T>(config: T, problems: Vec<(&'static str, String)>) -> Result<T, Fie
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceConfig {
     Avro(AvroSourceConfig),
+    Kafka(KafkaSourceConfig),
     SparkPull(SparkPullSourceConfig),
     Spooldir(SpooldirSourceConfig),
     Syslog(SyslogSourceConfig),
@@ -102,6 +104,7 @@ impl Listen {
 impl SourceConfig {
     pub const TYPES: &'static [&'static str] = &[
         "avro",
+        "kafka",
         "spark_pull",
         "spooldir",
         "syslog",
@@ -113,6 +116,7 @@ impl SourceConfig {
     pub fn parse(kind: &str, table: toml::Value) -> Result<Self, FieldError> {
         match kind {
             "avro" => parse_checked!(table, AvroSourceConfig, SourceConfig::Avro),
+            "kafka" => parse_checked!(table, KafkaSourceConfig, SourceConfig::Kafka),
             "spark_pull" => parse_checked!(table, SparkPullSourceConfig, SourceConfig::SparkPull),
             "spooldir" => parse_checked!(table, SpooldirSourceConfig, SourceConfig::Spooldir),
             "syslog" => parse_checked!(table, SyslogSourceConfig, SourceConfig::Syslog),
@@ -126,6 +130,7 @@ impl SourceConfig {
     pub fn type_name(&self) -> &'static str {
         match self {
             SourceConfig::Avro(_) => "avro",
+            SourceConfig::Kafka(_) => "kafka",
             SourceConfig::SparkPull(_) => "spark_pull",
             SourceConfig::Spooldir(_) => "spooldir",
             SourceConfig::Syslog(_) => "syslog",
@@ -150,9 +155,10 @@ impl SourceConfig {
                 addr: c.bind,
                 udp: true,
             }],
-            SourceConfig::SparkPull(_) | SourceConfig::Spooldir(_) | SourceConfig::Taildir(_) => {
-                Vec::new()
-            }
+            SourceConfig::Kafka(_)
+            | SourceConfig::SparkPull(_)
+            | SourceConfig::Spooldir(_)
+            | SourceConfig::Taildir(_) => Vec::new(),
         }
     }
 
@@ -165,6 +171,7 @@ impl SourceConfig {
     ) -> Result<Box<dyn Source>, ComponentError> {
         Ok(match self {
             SourceConfig::Avro(c) => Box::new(c.build()),
+            SourceConfig::Kafka(c) => Box::new(c.build()),
             SourceConfig::SparkPull(c) => Box::new(c.build()),
             SourceConfig::Spooldir(c) => Box::new(c.build()?),
             SourceConfig::Syslog(c) => Box::new(c.build()?),

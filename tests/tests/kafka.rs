@@ -149,3 +149,123 @@ fn kafka_sink_config_errors_name_the_key() {
         assert!(err.contains(key), "expected {key} in:\n{err}");
     }
 }
+
+/// kcat produces → kafka source (group `g`) → file channel → console sink: every record
+/// arrives once with its Kafka metadata as headers, and the group's committed offsets then
+/// cover them all (read back with confluent-kafka).
+#[test]
+fn kafka_source_receives_what_kcat_produced() {
+    let broker = Broker::start();
+    broker.create_topic("to-weir", 2);
+    let lines: Vec<String> = (0..200).map(|i| format!("k{}\tmsg {i}", i % 4)).collect();
+    broker.kcat_produce("to-weir", &lines, true);
+    let agent = Agent::start(&format!(
+        r#"
+[agent]
+data_dir = "{{dir}}/data"
+shutdown_timeout = "10s"
+
+[sources.in]
+type = "kafka"
+brokers = ["{}"]
+topics = ["to-weir"]
+group = "g"
+start_from = "earliest"
+batch_size = 64
+batch_duration = "100ms"
+channels = ["c"]
+
+[channels.c]
+type = "file"
+
+[sinks.out]
+type = "console"
+channel = "c"
+"#,
+        broker.bootstrap()
+    ));
+    let out = agent.wait_stdout(200, Duration::from_secs(30));
+    let mut bodies: Vec<String> = Vec::new();
+    for line in &out {
+        let body = line.rsplit_once("body: ").unwrap().1.trim_end_matches(" }");
+        let i: usize = body.strip_prefix("msg ").unwrap().parse().unwrap();
+        assert!(line.contains(&format!("key=k{}", i % 4)), "{line}");
+        assert!(
+            line.contains("topic=to-weir")
+                && line.contains("offset=")
+                && line.contains("partition=")
+                && line.contains("timestamp="),
+            "{line}"
+        );
+        bodies.push(body.to_owned());
+    }
+    bodies.sort();
+    let mut want: Vec<String> = (0..200).map(|i| format!("msg {i}")).collect();
+    want.sort();
+    assert_eq!(bodies, want);
+
+    let script = format!(
+        "from confluent_kafka import Consumer, TopicPartition\n\
+         c = Consumer({{'bootstrap.servers': '{}', 'group.id': 'g'}})\n\
+         print(sum(max(tp.offset, 0) for tp in c.committed([TopicPartition('to-weir', 0), TopicPartition('to-weir', 1)], timeout=10)))\n",
+        broker.bootstrap()
+    );
+    let mut last = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while last != "200" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "committed offsets sum to {last}, not 200"
+        );
+        let out = confluent_python().args(["-c", &script]).output().unwrap();
+        last = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn kafka_source_config_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = r#"
+[sources.in]
+type = "kafka"
+brokers = ["127.0.0.1:9"]
+topics = ["t"]
+batch_size = 10
+start_from = "earliest"
+channels = ["c"]
+
+[channels.c]
+type = "memory"
+
+[sinks.out]
+type = "null"
+channel = "c"
+"#;
+    let cases = [
+        (
+            base.replace("topics = [\"t\"]", "topics = []"),
+            "sources.in.topics",
+        ),
+        (
+            base.replace("batch_size = 10", "batch_size = 0"),
+            "sources.in.batch_size",
+        ),
+        (
+            base.replace("\"earliest\"", "\"middle\""),
+            "sources.in.start_from",
+        ),
+        (base.replace("brokers = [\"127.0.0.1:9\"]\n", ""), "brokers"),
+    ];
+    for (config, key) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, config).unwrap();
+        let (code, _, err) = weir(&["validate", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 1, "{key}: {err}");
+        assert!(err.contains(key), "expected {key} in:\n{err}");
+    }
+}
