@@ -645,7 +645,7 @@ mod tests {
         let e = errors(&GOOD.replace("\"console\"", "\"consol\""));
         assert_eq!(
             e,
-            vec!["sinks.out.type: unknown type `consol`, expected one of: avro, console, null, spark"]
+            vec!["sinks.out.type: unknown type `consol`, expected one of: avro, console, kafka, null, spark"]
         );
     }
 
