@@ -372,15 +372,17 @@ pub fn convert(text: &str, agent: Option<&str>) -> Result<Conversion, ImportErro
     }
     let body = toml::to_string(&root).unwrap_or_default();
     let mut toml = format!(
-        "# Converted from Flume agent `{agent}` by `weir import-flume`.\n# Check it with `weir validate --config FILE`.\n"
+        "# Converted from Flume agent `{}` by `weir import-flume`.\n# Check it with `weir validate --config FILE`.\n",
+        agent.escape_debug()
     );
     if !props.untranslated.is_empty() {
         toml.push_str("# Not translated (see the list `weir import-flume` printed):\n");
         for u in &props.untranslated {
+            // Keys and values may hold any character (`\n` escapes); a comment must stay one line.
             toml.push_str(&format!(
                 "#   {}: {}\n",
-                u.property,
-                u.reason.replace('\n', " ")
+                u.property.escape_debug(),
+                u.reason.escape_debug()
             ));
         }
     }
@@ -1083,6 +1085,24 @@ mod tests {
             Some("/var/log/a?log")
         );
         assert_eq!(regex_path_to_glob("/var/log/(a|b)\\.log"), None);
+    }
+
+    /// Found by the flume_import fuzz target: a key with an escaped newline broke the comment
+    /// listing it, so the output was not TOML.
+    #[test]
+    fn control_characters_in_untranslated_names_stay_inside_comments() {
+        let c = convert(
+            "a.sources = r\na.sources.r.type = avro\na.x\\ny\\r = 1\n",
+            None,
+        )
+        .unwrap();
+        assert!(c.untranslated.iter().any(|u| u.property == "a.x\ny\r"));
+        let parsed: Result<Table, _> = c.toml.parse();
+        assert!(parsed.is_ok(), "{}", c.toml);
+        // …and in the agent's name, which the header comment repeats.
+        let c = convert("\\u0000a\\n.sources = r\n", None).unwrap();
+        let parsed: Result<Table, _> = c.toml.parse();
+        assert!(parsed.is_ok(), "{}", c.toml);
     }
 
     #[test]

@@ -202,7 +202,8 @@ impl Reader {
                 what: "block count",
                 value: count,
             })?;
-            self.read_len()?;
+            // Ignored, as Java's BinaryDecoder and apache-avro do, whatever its value.
+            self.read_long()?;
             k as u64
         } else {
             count as u64
@@ -540,6 +541,15 @@ mod tests {
             .expect("V1"),
             v1
         );
+    }
+
+    /// Found by the flume_event_differential fuzz target: a negative block byte size after a
+    /// negative count was refused, while Java and apache-avro read and ignore it.
+    #[test]
+    fn a_negative_block_size_is_ignored_like_the_reference_decoders() {
+        let events = decode_events(Bytes::from_static(&[0x01, 0x01, 0x00, 0x02, 0x01, 0x00]))
+            .expect("decoded");
+        assert_eq!(events, vec![Event::new(Bytes::from_static(&[1]))]);
     }
 
     #[test]

@@ -111,10 +111,12 @@ pub fn join(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "sim"))]
 pub use sim::SimFs;
 
-#[cfg(test)]
+/// In-memory filesystem with crash semantics; also built with the `sim` feature for the fuzz
+/// targets.
+#[cfg(any(test, feature = "sim"))]
 mod sim {
     use super::*;
     use std::collections::{BTreeMap, BTreeSet};

@@ -65,7 +65,9 @@ use weir_core::component::Backoff;
 use weir_core::metrics::{Counter, MetricName};
 use weir_core::{ByteSize, ComponentError, ConfigDuration, Event, Headers, Source, SourceContext};
 
-pub use positions::PositionEntry;
+pub use positions::{
+    decode as decode_position_file, encode as encode_position_file, PositionEntry,
+};
 pub use reader::LineOverflow;
 
 use positions::{IdEntry, PositionFileError};

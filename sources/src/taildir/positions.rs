@@ -105,7 +105,7 @@ pub fn load(path: &Path) -> Result<Vec<PositionEntry>, PositionFileError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Vec::new());
     }
-    match serde_json::from_slice::<Vec<PositionEntry>>(&bytes) {
+    match decode(&bytes) {
         Ok(entries) => {
             info!(
                 message = "position file loaded",
@@ -126,6 +126,11 @@ pub fn load(path: &Path) -> Result<Vec<PositionEntry>, PositionFileError> {
             Ok(Vec::new())
         }
     }
+}
+
+/// Parses a position file's bytes (Flume's JSON array, JSON escapes decoded).
+pub fn decode(bytes: &[u8]) -> Result<Vec<PositionEntry>, serde_json::Error> {
+    serde_json::from_slice(bytes)
 }
 
 /// Encodes entries exactly as Flume does (compact, keys in order).
