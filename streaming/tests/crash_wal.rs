@@ -48,6 +48,16 @@ async fn wait_batches(m: &JobMetrics, n: u64) {
     }
 }
 
+/// Waits until the job has taken `n` events in all: counting batches is not enough, because
+/// under load one tick can carry two puts and a later tick none.
+async fn wait_events(m: &JobMetrics, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while m.totals().1 < n {
+        assert!(tokio::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn contents(dir: &Path) -> Vec<String> {
     let mut v: Vec<(String, String)> = std::fs::read_dir(dir)
         .unwrap()
@@ -87,7 +97,9 @@ async fn wal_channel_crash_between_output_and_commit_resumes_exactly() {
         wait_batches(&m, i as u64).await;
         ch.put(b.clone()).await.unwrap();
     }
-    wait_batches(&m, batches.len() as u64).await;
+    let total: u64 = batches.iter().map(|b| b.len() as u64).sum();
+    wait_events(&m, total).await;
+    wait_batches(&m, m.totals().0 + 1).await;
     stop.cancel();
     task.await.unwrap().unwrap();
     let want = contents(out.path());
@@ -127,7 +139,9 @@ async fn wal_channel_crash_between_output_and_commit_resumes_exactly() {
         wait_batches(&m, (i - 3) as u64).await;
         ch.put(b.clone()).await.unwrap();
     }
-    wait_batches(&m, 3).await;
+    let after_crash: u64 = batches.iter().skip(3).map(|b| b.len() as u64).sum();
+    wait_events(&m, after_crash).await;
+    wait_batches(&m, m.totals().0 + 1).await;
     stop.cancel();
     task.await.unwrap().unwrap();
     assert_eq!(ch.stats().events, 0);
