@@ -1,7 +1,7 @@
 //! The HTTP status server of the real binary: health, Prometheus and Flume JSON counters match
 //! what was sent; unknown paths and junk requests get errors, not a stuck server.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -10,25 +10,7 @@ use weir_tests::{wait_until, weir, Agent, Value};
 const SECS: Duration = Duration::from_secs(20);
 
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(SECS)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    weir_tests::http_get(addr, path)
 }
 
 #[test]
