@@ -98,7 +98,9 @@ fn window_counts(out: &Path) -> HashMap<u64, (u64, u32)> {
             let key: u64 = key
                 .parse()
                 .unwrap_or_else(|_| panic!("key {key:?} in {name}"));
-            let n: u64 = n.parse().unwrap_or_else(|_| panic!("count {n:?} in {name}"));
+            let n: u64 = n
+                .parse()
+                .unwrap_or_else(|_| panic!("count {n:?} in {name}"));
             if n > 0 {
                 let c = counts.entry(key).or_default();
                 c.0 += n;
