@@ -20,8 +20,16 @@ Usage:
   netty_peer.py server PROTOCOL.avpr [--deflate]
       listen on 127.0.0.1:0, print "PORT <n>", serve one connection until EOF answering OK,
       then print {"batches": [...]} with every received event (body as hex).
+  netty_peer.py paced-client PROTOCOL.avpr PORT --rate R --seconds S [--events M] [--prefix P]
+      appendBatch calls of M events with bodies "P-<n>" (n counting up), offered at R events/s
+      for S seconds whatever the answers; print one JSON line {"ok": [n...], "failed": calls}.
+  netty_peer.py slow-server PROTOCOL.avpr --rate R --seconds S --out FILE
+      listen on 127.0.0.1:0, print "PORT <n>", serve connections one after another for S
+      seconds, answering each appendBatch of k events OK k/R seconds after it could start on
+      it: a downstream that accepts R events/s. Each event's body is appended to FILE as
+      one line before the OK goes out.
 
-Exits by itself after 60 s in any case.
+Exits by itself after 60 s (or --seconds + 30 s) in any case.
 """
 
 import io
@@ -207,8 +215,91 @@ def run_server(proto, deflate):
     print(json.dumps({"batches": batches}), flush=True)
 
 
+def run_paced_client(proto, port, rate, seconds, events, prefix):
+    import time
+    conn = connect(port, False)
+    req = StatefulRequestor(proto, NettyTransceiver(conn, port))
+    ok, failed, n = [], 0, 0
+    start = time.monotonic()
+    calls = 0
+    while time.monotonic() - start < seconds:
+        # Offered load: call k is due at k * events / rate; a slow answer is not made up for
+        # by a burst, so the offer never exceeds the rate.
+        due = start + calls * events / rate
+        now = time.monotonic()
+        if due > now:
+            time.sleep(due - now)
+        calls += 1
+        ids = list(range(n, n + events))
+        n += events
+        evs = [{"headers": {"src": "python"}, "body": ("%s-%d" % (prefix, i)).encode()} for i in ids]
+        if req.request("appendBatch", {"events": evs}) == "OK":
+            ok.extend(ids)
+        else:
+            failed += 1
+    print(json.dumps({"ok": ok, "failed": failed, "calls": calls}), flush=True)
+
+
+def run_slow_server(proto, rate, seconds, out_path):
+    import time
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(0.5)
+    print("PORT %d" % listener.getsockname()[1], flush=True)
+    out = open(out_path, "ab")
+    start = time.monotonic()
+    free_at = start
+    responder = avro.ipc.Responder(proto)
+    while time.monotonic() - start < seconds:
+        try:
+            sock, _ = listener.accept()
+        except socket.timeout:
+            continue
+        sock.settimeout(None)
+        conn = Conn(sock, False)
+        remote = None
+        while True:
+            try:
+                serial, body = conn.read_pack()
+            except (OSError, struct.error):
+                break
+            if serial is None:
+                break
+            dec = avro.io.BinaryDecoder(io.BytesIO(body))
+            reply = io.BytesIO()
+            enc = avro.io.BinaryEncoder(reply)
+            if remote is None:
+                remote = responder.process_handshake(dec, enc)
+                if remote is None:
+                    conn.write_pack(serial, reply.getvalue())
+                    continue
+            avro.ipc.META_READER.read(dec)
+            name = dec.read_utf8()
+            params = avro.io.DatumReader(remote.messages[name].request, proto.messages[name].request).read(dec)
+            evs = params["events"] if name == "appendBatch" else [params["event"]]
+            out.write(b"".join(e["body"] + b"\n" for e in evs))
+            out.flush()
+            # The downstream's capacity: each event costs 1/R s of its time, and idle time is
+            # not saved up, so no batch is ever taken faster than R events/s.
+            free_at = max(free_at, time.monotonic()) + len(evs) / rate
+            time.sleep(max(0.0, free_at - time.monotonic()))
+            avro.ipc.META_WRITER.write({}, enc)
+            enc.write_boolean(False)
+            avro.io.DatumWriter(proto.messages[name].response).write("OK", enc)
+            try:
+                conn.write_pack(serial, reply.getvalue())
+            except OSError:
+                break
+        sock.close()
+    out.close()
+
+
 def main(argv):
-    signal.alarm(60)
+    def opt(name, default):
+        return int(argv[argv.index(name) + 1]) if name in argv else default
+
+    signal.alarm(max(60, opt("--seconds", 0) + 30))
     mode, proto_path = argv[1], argv[2]
     with open(proto_path) as f:
         proto = avro.protocol.parse(f.read())
@@ -218,15 +309,19 @@ def main(argv):
         TLS["cert"] = argv[argv.index("--tls-cert") + 1]
         TLS["key"] = argv[argv.index("--tls-key") + 1]
 
-    def opt(name, default):
-        return int(argv[argv.index(name) + 1]) if name in argv else default
-
     if mode == "client":
         run_client(proto, int(argv[3]), deflate, opt("--batches", 3), opt("--events", 4))
     elif mode == "spark-client":
         run_spark_client(proto, int(argv[3]))
     elif mode == "server":
         run_server(proto, deflate)
+    elif mode == "paced-client":
+        prefix = argv[argv.index("--prefix") + 1] if "--prefix" in argv else "py"
+        run_paced_client(proto, int(argv[3]), opt("--rate", 1000), opt("--seconds", 10),
+                         opt("--events", 50), prefix)
+    elif mode == "slow-server":
+        run_slow_server(proto, opt("--rate", 1000), opt("--seconds", 30),
+                        argv[argv.index("--out") + 1])
     else:
         raise SystemExit("unknown mode " + mode)
 
