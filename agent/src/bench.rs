@@ -24,6 +24,9 @@ pub enum BenchCommand {
     Pull(PullBenchArgs),
     /// File tailing: write lines into files a taildir source watches, time their delivery.
     Tail(TailBenchArgs),
+    /// The whole agent at twice its sustainable rate for a long time: RSS, rates, FAILED
+    /// answers, channel fill and job delays every second, then the end-to-end checks.
+    Soak(crate::bench_soak::SoakArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -136,6 +139,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Avro(args) => runtime(args.threads)?.block_on(avro(args)),
         BenchCommand::Pull(args) => runtime(args.threads)?.block_on(pull(args)),
         BenchCommand::Tail(args) => tail(args),
+        BenchCommand::Soak(args) => runtime(2)?.block_on(crate::bench_soak::soak(args)),
     }
 }
 

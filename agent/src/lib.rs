@@ -2,6 +2,7 @@
 //! sources, channels and sinks together, supervises them and shuts them down in order.
 
 pub mod bench;
+pub mod bench_soak;
 pub mod client;
 pub mod components;
 pub mod config;
