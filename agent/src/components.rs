@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use weir_core::ComponentError;
 use weir_core::{Channel, MemoryChannel, MemoryChannelConfig, Sink, Source};
+use weir_kafka::channel::{KafkaChannel, KafkaChannelConfig};
 use weir_kafka::sink::KafkaSinkConfig;
 use weir_kafka::source::KafkaSourceConfig;
 use weir_sinks::avro::AvroSinkConfig;
@@ -185,11 +186,12 @@ impl SourceConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChannelConfig {
     File(FileChannelConfig),
+    Kafka(KafkaChannelConfig),
     Memory(MemoryChannelConfig),
 }
 
 impl ChannelConfig {
-    pub const TYPES: &'static [&'static str] = &["file", "memory"];
+    pub const TYPES: &'static [&'static str] = &["file", "kafka", "memory"];
     /// A channel table without `type` is a file channel: durable unless asked otherwise.
     pub const DEFAULT_TYPE: &'static str = "file";
 
@@ -212,6 +214,7 @@ impl ChannelConfig {
                 }
                 checked(c, problems).map(ChannelConfig::File)
             }
+            "kafka" => parse_checked!(table, KafkaChannelConfig, ChannelConfig::Kafka),
             "memory" => {
                 let c: MemoryChannelConfig = deserialize(table)?;
                 let mut problems = Vec::new();
@@ -230,6 +233,7 @@ impl ChannelConfig {
     pub fn type_name(&self) -> &'static str {
         match self {
             ChannelConfig::File(_) => "file",
+            ChannelConfig::Kafka(_) => "kafka",
             ChannelConfig::Memory(_) => "memory",
         }
     }
@@ -246,6 +250,7 @@ impl ChannelConfig {
                 let dir = data_dir.join("channels").join(name);
                 Arc::new(FileChannel::open(name, &dir, c.clone()).await?)
             }
+            ChannelConfig::Kafka(c) => Arc::new(KafkaChannel::open(name, c.clone())?),
             ChannelConfig::Memory(c) => Arc::new(MemoryChannel::new(name, c.clone())),
         })
     }

@@ -1,5 +1,6 @@
 //! The `kafka` sink's rate against librdkafka's raw producer, in one run on one broker:
-//! `cargo run --release -p weir-kafka --example sink_bench -- BROKERS [EVENTS] [BATCH_SIZE]`.
+//! `cargo run --release -p weir-kafka --example sink_bench -- BROKERS [EVENTS] [BATCH_SIZE] [IN_FLIGHT]`
+//! (IN_FLIGHT: the sink's `max_batches_in_flight`, its default when left out).
 //! Both send EVENTS records of 200 bytes with `acks = all`, idempotence, `linger.ms = 5`:
 //! first the raw producer (records queued as fast as librdkafka takes them, then flushed),
 //! then the sink draining a memory channel pre-filled with the same count.
@@ -16,7 +17,7 @@ use weir_core::metrics::{ComponentMetrics, Registry};
 use weir_core::{
     Channel, ConfigDuration, Event, MemoryChannel, MemoryChannelConfig, Sink, SinkContext,
 };
-use weir_kafka::sink::{Compression, KafkaSinkConfig};
+use weir_kafka::sink::{Compression, KafkaSinkConfig, DEFAULT_MAX_BATCHES_IN_FLIGHT};
 
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -58,10 +59,11 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let brokers = args
         .get(1)
-        .expect("usage: sink_bench BROKERS [EVENTS] [BATCH_SIZE]")
+        .expect("usage: sink_bench BROKERS [EVENTS] [BATCH_SIZE] [IN_FLIGHT]")
         .clone();
     let n: usize = args.get(2).map_or(500_000, |s| s.parse().expect("EVENTS"));
     let batch_size: usize = args.get(3).map_or(1000, |s| s.parse().expect("BATCH_SIZE"));
+    let in_flight: Option<usize> = args.get(4).map(|s| s.parse().expect("IN_FLIGHT"));
     let body = vec![b'x'; 200];
 
     let raw_rate = raw(&brokers, "bench-raw", n, &body);
@@ -88,6 +90,7 @@ async fn main() {
         metrics: ComponentMetrics::new(registry, "sink", "k"),
         ready: Default::default(),
     };
+    let k = in_flight.unwrap_or(DEFAULT_MAX_BATCHES_IN_FLIGHT);
     let sink = Box::new(
         KafkaSinkConfig {
             brokers: vec![brokers.clone()],
@@ -98,6 +101,7 @@ async fn main() {
             linger: ConfigDuration(Duration::from_millis(5)),
             compression: Compression::None,
             delivery_timeout: ConfigDuration(Duration::from_secs(30)),
+            max_batches_in_flight: k,
             properties: BTreeMap::new(),
         }
         .build(),
@@ -107,7 +111,7 @@ async fn main() {
     sink.run(cx).await.expect("sink");
     let sink_rate = (n / 1000 * 1000) as f64 / start.elapsed().as_secs_f64();
     println!(
-        "events={n} batch_size={batch_size} raw={raw_rate:.0}/s sink={sink_rate:.0}/s ratio={:.2} peak_rss_raw={raw_rss:.0}MiB peak_rss_total={:.0}MiB",
+        "events={n} batch_size={batch_size} in_flight={k} raw={raw_rate:.0}/s sink={sink_rate:.0}/s ratio={:.2} peak_rss_raw={raw_rss:.0}MiB peak_rss_total={:.0}MiB",
         sink_rate / raw_rate,
         peak_rss_mib()
     );

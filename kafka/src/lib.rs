@@ -2,6 +2,7 @@
 //! the `kafka` source (receiver mode), sink and channel, and the direct input and
 //! transactional output of streaming jobs.
 
+pub mod channel;
 pub mod client;
 pub mod sink;
 pub mod source;

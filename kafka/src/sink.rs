@@ -1,23 +1,26 @@
 //! The `kafka` sink: drains a channel into a Kafka topic. Each channel batch is produced
 //! record by record and its take commits only once the broker acknowledged every record
-//! (`acks = all`, idempotent producer by default); a failed record rolls the whole batch
-//! back and it is sent again after a backoff, so an outage loses nothing (records already
-//! acknowledged in a failed batch are sent twice: at-least-once).
+//! (`acks = all`, idempotent producer by default). Up to `max_batches_in_flight` batches are
+//! sent before the oldest is acknowledged (one batch at a time costs a linger and a round trip
+//! each); takes commit in take order. A failed record rolls its batch and every later one
+//! back, and they are sent again after a backoff, so an outage loses and reorders nothing
+//! (records already acknowledged in a failed batch are sent twice: at-least-once).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::Deserialize;
 use tracing::{info, warn};
 use weir_core::component::Backoff;
 use weir_core::metrics::MetricName;
-use weir_core::{ComponentError, ConfigDuration, Event, Sink, SinkContext};
+use weir_core::{
+    ComponentError, ConfigDuration, Event, Sink, SinkContext, TakeError, TakeTransaction,
+};
 
-use crate::client::{check_common, client_config};
+use crate::client::{check_common, client_config, kafka_headers, InFlight};
 
 /// `[sinks.NAME] type = "kafka"`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -45,6 +48,10 @@ pub struct KafkaSinkConfig {
     /// acknowledgement before the batch counts as failed, is rolled back and retried.
     #[serde(default = "default_delivery_timeout")]
     pub delivery_timeout: ConfigDuration,
+    /// Most batches sent and not yet acknowledged: the next batch is taken and sent while
+    /// earlier ones are being acknowledged; takes still commit in order.
+    #[serde(default = "default_max_batches_in_flight")]
+    pub max_batches_in_flight: usize,
     /// Any librdkafka producer property, passed through (and overriding weir's defaults).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -61,7 +68,7 @@ pub enum Compression {
 }
 
 impl Compression {
-    fn codec(self) -> &'static str {
+    pub(crate) fn codec(self) -> &'static str {
         match self {
             Compression::None => "none",
             Compression::Gzip => "gzip",
@@ -80,6 +87,12 @@ fn default_key_header() -> String {
 const fn default_true() -> bool {
     true
 }
+/// The sink's `max_batches_in_flight` when not configured.
+pub const DEFAULT_MAX_BATCHES_IN_FLIGHT: usize = 8;
+
+const fn default_max_batches_in_flight() -> usize {
+    DEFAULT_MAX_BATCHES_IN_FLIGHT
+}
 const fn default_linger() -> ConfigDuration {
     ConfigDuration(Duration::from_millis(5))
 }
@@ -95,6 +108,9 @@ impl KafkaSinkConfig {
         let mut problems = check_common(&self.brokers, "topic", std::slice::from_ref(&self.topic));
         if self.batch_size == 0 || self.batch_size > MAX_BATCH {
             problems.push(("batch_size", format!("must be between 1 and {MAX_BATCH}")));
+        }
+        if self.max_batches_in_flight == 0 {
+            problems.push(("max_batches_in_flight", "must be at least 1".into()));
         }
         if self.delivery_timeout.0 < Duration::from_millis(1) {
             problems.push(("delivery_timeout", "must be at least 1ms".into()));
@@ -127,12 +143,10 @@ pub struct KafkaSink {
     config: KafkaSinkConfig,
 }
 
-#[derive(Debug, thiserror::Error)]
-enum DeliveryError {
-    #[error("record not acknowledged: {0}")]
-    Kafka(#[from] KafkaError),
-    #[error("the producer dropped a record")]
-    Canceled,
+/// A taken batch whose records are with librdkafka, awaiting their acknowledgements.
+struct Pending {
+    txn: TakeTransaction,
+    delivery: InFlight,
 }
 
 impl KafkaSink {
@@ -142,59 +156,25 @@ impl KafkaSink {
             record = record.key(key.as_bytes());
         }
         if self.config.forward_headers && !event.headers.is_empty() {
-            let mut headers = OwnedHeaders::new_with_capacity(event.headers.len());
-            for (key, value) in event.headers.iter() {
-                headers = headers.insert(Header {
-                    key,
-                    value: Some(value.as_bytes()),
-                });
-            }
-            record = record.headers(headers);
+            record = record.headers(kafka_headers(&event.headers));
         }
         record
     }
 
-    /// Produces every event and waits for every acknowledgement; the first failure fails
-    /// the batch (the remaining records are still awaited, so none is left in flight).
-    async fn deliver(
+    /// The next batch to send: waits for events only when nothing is in flight (otherwise
+    /// the oldest batch's acknowledgements are what to wait for).
+    async fn next_batch(
         &self,
-        producer: &FutureProducer,
-        events: &[Event],
-    ) -> Result<(), DeliveryError> {
-        let mut pending: Vec<DeliveryFuture> = Vec::with_capacity(events.len());
-        let mut failure = None;
-        for event in events {
-            let mut record = self.record(event);
-            loop {
-                match producer.send_result(record) {
-                    Ok(delivery) => {
-                        pending.push(delivery);
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        // librdkafka's queue is full of other batches' records: let it drain.
-                        record = back;
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    Err((e, _)) => {
-                        failure = Some(DeliveryError::Kafka(e));
-                        break;
-                    }
-                }
-            }
-            if failure.is_some() {
-                break;
-            }
+        cx: &SinkContext,
+        in_flight: usize,
+    ) -> Result<Option<TakeTransaction>, TakeError> {
+        if in_flight == 0 {
+            return cx.next_batch(self.config.batch_size).await;
         }
-        for delivery in pending {
-            let outcome = match delivery.await {
-                Ok(Ok(_)) => continue,
-                Ok(Err((e, _))) => DeliveryError::Kafka(e),
-                Err(_) => DeliveryError::Canceled,
-            };
-            failure.get_or_insert(outcome);
+        if cx.shutdown.is_cancelled() && cx.channel.is_durable() {
+            return Ok(None);
         }
-        failure.map_or(Ok(()), Err)
+        cx.channel.take(self.config.batch_size).await
     }
 }
 
@@ -206,11 +186,31 @@ impl Sink for KafkaSink {
         let mut producer = self.config.producer()?;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut failing = false;
-        while let Some(txn) = cx.next_batch(self.config.batch_size).await? {
-            match self.deliver(&producer, txn.events()).await {
+        // Batches in take order; each commits only after it and every batch before it was
+        // acknowledged, so the channel's order is kept.
+        let mut pipeline: VecDeque<Pending> = VecDeque::new();
+        let mut drained = false;
+        loop {
+            while !drained && pipeline.len() < self.config.max_batches_in_flight {
+                match self.next_batch(&cx, pipeline.len()).await? {
+                    Some(txn) => {
+                        let records = txn.events().iter().map(|e| self.record(e)).collect();
+                        let delivery = InFlight::send(&producer, records).await;
+                        pipeline.push_back(Pending { txn, delivery });
+                    }
+                    // Nothing to take now: with batches in flight, take again after the
+                    // oldest is acknowledged; with none, the sink is done.
+                    None if pipeline.is_empty() => drained = true,
+                    None => break,
+                }
+            }
+            let Some(oldest) = pipeline.pop_front() else {
+                break;
+            };
+            match oldest.delivery.acknowledged().await {
                 Ok(()) => {
-                    let n = txn.len() as u64;
-                    txn.commit().await?;
+                    let n = oldest.txn.len() as u64;
+                    oldest.txn.commit().await?;
                     sent.inc(n);
                     backoff.reset();
                     if std::mem::take(&mut failing) {
@@ -220,10 +220,20 @@ impl Sink for KafkaSink {
                 Err(e) => {
                     errors.inc(1);
                     failing = true;
-                    let n = txn.len();
-                    drop(txn); // rolled back: delivered again, first, so order is kept
+                    // Every later batch is rolled back too, after its records settled (none
+                    // left in flight), newest first: all come back in the channel's order.
+                    let mut rolled_back = vec![oldest.txn];
+                    for later in std::mem::take(&mut pipeline) {
+                        let _ = later.delivery.acknowledged().await;
+                        rolled_back.push(later.txn);
+                    }
+                    let batches = rolled_back.len();
+                    let events: usize = rolled_back.iter().map(TakeTransaction::len).sum();
+                    while let Some(txn) = rolled_back.pop() {
+                        txn.rollback();
+                    }
                     let delay = backoff.next_delay();
-                    warn!(message = "kafka delivery failed; batch rolled back", topic = %self.config.topic, events = n, error = %e, retry_in = ?delay);
+                    warn!(message = "kafka delivery failed; batches rolled back", topic = %self.config.topic, batches, events, error = %e, retry_in = ?delay);
                     // An idempotent producer may have stopped with a fatal error (its
                     // sequence numbers cannot continue): a new one starts clean.
                     if producer.client().fatal_error().is_some() {
@@ -233,6 +243,7 @@ impl Sink for KafkaSink {
                         _ = tokio::time::sleep(delay) => {}
                         _ = cx.shutdown.cancelled() => {}
                     }
+                    drained = false;
                 }
             }
         }

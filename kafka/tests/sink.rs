@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use weir_core::metrics::{ComponentMetrics, MetricName, Registry};
@@ -28,6 +29,7 @@ fn sink_config(brokers: String) -> KafkaSinkConfig {
         linger: ConfigDuration(Duration::from_millis(2)),
         compression: Compression::Lz4,
         delivery_timeout: ConfigDuration(Duration::from_millis(400)),
+        max_batches_in_flight: 8,
         properties: BTreeMap::new(),
     }
 }
@@ -181,5 +183,88 @@ async fn sink_survives_all_brokers_down_without_loss_or_reordering() {
     eprintln!(
         "outage: {} failed batches, {duplicates} duplicates",
         errors.get()
+    );
+}
+
+/// Produce requests refused mid-stream while up to 8 small batches are in flight: the failed
+/// batch and every later one roll back and are sent again, so nothing is lost and, in the
+/// order of first delivery, every key keeps the channel's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_batches_roll_back_in_order_after_a_refused_produce() {
+    let mock = MockCluster::new(3).unwrap();
+    mock.create_topic("out", PARTITIONS, 3).unwrap();
+    let brokers = mock.bootstrap_servers();
+
+    const N: usize = 2000;
+    let channel = Arc::new(MemoryChannel::new("c", MemoryChannelConfig::default()));
+    let events = (0..N)
+        .map(|i| {
+            Event::new(format!("{i}"))
+                .with_header("key", format!("k{}", i % 7))
+                .with_header("n", i.to_string())
+        })
+        .collect();
+    channel.put(events).await.unwrap();
+
+    let registry = Registry::default();
+    let shutdown = CancellationToken::new();
+    let cx = SinkContext {
+        id: "k".into(),
+        channel: channel.clone(),
+        shutdown: shutdown.clone(),
+        metrics: ComponentMetrics::new(registry.clone(), "sink", "k"),
+        ready: Default::default(),
+    };
+    let mut config = sink_config(brokers.clone());
+    config.batch_size = 25;
+    config.linger = ConfigDuration(Duration::from_millis(20));
+    config.delivery_timeout = ConfigDuration(Duration::from_secs(5));
+    let sink = Box::new(config.build());
+    let task = tokio::spawn(async move { sink.run(cx).await.map_err(|e| e.to_string()) });
+
+    let sent = registry.counter(MetricName::EventsSentTotal, "sink", "k");
+    let errors = registry.counter(MetricName::ErrorsTotal, "sink", "k");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sent.get() < 200 {
+        assert!(Instant::now() < deadline, "sink never started sending");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Not retriable: librdkafka fails the records instead of retrying them itself.
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 2],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while channel.stats().events > 0 {
+        assert!(Instant::now() < deadline, "channel never drained");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    assert!(errors.get() > 0, "the refused produce never failed a batch");
+    assert_eq!(sent.get(), N as u64);
+
+    let records = read_all(&brokers, N);
+    let mut seen = vec![0usize; N];
+    let mut first_seen: HashMap<String, Vec<usize>> = HashMap::new();
+    for (_, key, body, _) in &records {
+        let i: usize = body.parse().unwrap();
+        if seen[i] == 0 {
+            first_seen.entry(key.clone()).or_default().push(i);
+        }
+        seen[i] += 1;
+    }
+    let lost: Vec<usize> = (0..N).filter(|&i| seen[i] == 0).collect();
+    assert!(lost.is_empty(), "lost {} events: {lost:?}", lost.len());
+    for (key, order) in &first_seen {
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "key {key} reordered: {order:?}"
+        );
+    }
+    eprintln!(
+        "refused produce: {} failed batches, {} duplicates",
+        errors.get(),
+        records.len() - N
     );
 }
