@@ -136,6 +136,12 @@ pub trait TakeHandle: Send + Sync {
     /// Makes the events deliverable again, ahead of newer ones. Synchronous so that dropping a
     /// transaction can roll it back.
     fn rollback(self: Box<Self>, events: Vec<Event>);
+    /// Whether the channel can deliver these events again without the transaction's copies
+    /// (the file channel re-reads them from its log). If it returns true, `commit` and
+    /// `rollback` may then get an empty `events`.
+    fn release(&mut self) -> bool {
+        false
+    }
 }
 
 /// Events taken from a channel, owned by the consumer until it commits or rolls back.
@@ -143,27 +149,45 @@ pub trait TakeHandle: Send + Sync {
 /// never loses the batch.
 pub struct TakeTransaction {
     events: Vec<Event>,
+    /// Events taken, also after [`TakeTransaction::release_events`].
+    taken: usize,
     handle: Option<Box<dyn TakeHandle>>,
 }
 
 impl TakeTransaction {
     pub fn new(events: Vec<Event>, handle: Box<dyn TakeHandle>) -> Self {
         TakeTransaction {
+            taken: events.len(),
             events,
             handle: Some(handle),
         }
     }
 
+    /// The taken events; empty once released.
     pub fn events(&self) -> &[Event] {
         &self.events
     }
 
+    /// Events taken (released or not).
     pub fn len(&self) -> usize {
-        self.events.len()
+        self.taken
     }
 
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
+        self.taken == 0
+    }
+
+    /// Drops the transaction's decoded events while keeping it open, when the channel can
+    /// deliver them again on rollback without them (the file channel can; the memory channel
+    /// cannot, the events being its only copy). A consumer that has processed the events calls
+    /// this so an open transaction does not hold them until commit. Returns whether they were
+    /// dropped.
+    pub fn release_events(&mut self) -> bool {
+        let released = self.handle.as_mut().is_some_and(|h| h.release());
+        if released {
+            self.events = Vec::new();
+        }
+        released
     }
 
     pub async fn commit(mut self) -> Result<(), CommitError> {

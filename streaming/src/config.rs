@@ -18,7 +18,6 @@
 //! counts as malformed in the batch metrics; it never fails the job.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -31,7 +30,7 @@ use crate::clock::SharedClock;
 use crate::job::{Job, JobError, JobOptions, StreamingContext};
 use crate::output::{text_event, EventsFn, OutputFmt, PrintTarget};
 use crate::rate::PidConfig;
-use crate::stream::{BatchCx, EventStream, FxBuild, Stream};
+use crate::stream::{BatchCx, EventStream, SliceCounts, Stream};
 
 /// `[jobs.NAME]`.
 #[derive(Clone, Debug, Deserialize)]
@@ -815,8 +814,7 @@ fn plan_stream(events: EventStream, plan: Plan) -> Stream<Row> {
     } = plan;
     match agg {
         None => {
-            let texts = Stream::from_fn(move |cx: &BatchCx<'_>| {
-                let mut out = Vec::new();
+            let texts = Stream::from_chunks(move |cx: &BatchCx<'_>, out: &mut Vec<String>| {
                 let mut bad = 0u64;
                 src.for_each(
                     cx,
@@ -830,7 +828,6 @@ fn plan_stream(events: EventStream, plan: Plan) -> Stream<Row> {
                     },
                 );
                 cx.add_malformed(bad);
-                Some(out)
             });
             let texts = match window {
                 Some((len, slide, _)) => texts.window(ms(len), ms(slide)),
@@ -839,10 +836,10 @@ fn plan_stream(events: EventStream, plan: Plan) -> Stream<Row> {
             texts.map(Row::Text)
         }
         Some(agg) => {
-            // The hot path: keys stay borrowed from the events (a `Cow`) until the batch's
-            // per-key map is turned into rows, so one String is allocated per distinct key.
-            let pairs = Stream::from_fn(move |cx: &BatchCx<'_>| {
-                let mut acc: HashMap<Cow<'_, [u8]>, f64, FxBuild> = HashMap::default();
+            // The hot path: keys stay borrowed from the events (a `Cow`) and are looked up in
+            // the batch's per-key map by slice, so a key is copied once per distinct key; each
+            // chunk is folded in as it comes.
+            let fold = move |acc: &mut SliceCounts<f64>, cx: &BatchCx<'_>| {
                 let mut bad = 0u64;
                 src.for_each(cx, &mut |e| {
                     let v = match apply(&pre, e, Cow::Borrowed(&e.body[..])) {
@@ -879,26 +876,35 @@ fn plan_stream(events: EventStream, plan: Plan) -> Stream<Row> {
                         return;
                     }
                     match agg {
-                        Agg::Count => *acc.entry(k).or_insert(0.0) += 1.0,
+                        Agg::Count => acc.add(&k, 1.0),
                         Agg::Reduce(op) => {
                             let Some(x) = v.as_deref().and_then(parse_number) else {
                                 bad += 1;
                                 return;
                             };
-                            acc.entry(k)
-                                .and_modify(|cur| *cur = combine(op, *cur, x))
-                                .or_insert(x);
+                            match acc.0.get_mut(&k[..]) {
+                                Some(cur) => *cur = combine(op, *cur, x),
+                                None => {
+                                    acc.0.insert(k[..].into(), x);
+                                }
+                            }
                         }
                     }
                 });
                 cx.add_malformed(bad);
-                let mut out: Vec<(String, f64)> = acc
-                    .into_iter()
-                    .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
-                    .collect();
-                out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                Some(out)
-            });
+            };
+            let pairs = Stream::from_fold(
+                SliceCounts::<f64>::default(),
+                fold,
+                |acc, _cx: &BatchCx<'_>, out: &mut Vec<(String, f64)>| {
+                    out.extend(
+                        acc.0
+                            .into_iter()
+                            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v)),
+                    );
+                    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                },
+            );
             let op = match agg {
                 Agg::Count => ReduceOp::Sum,
                 Agg::Reduce(op) => op,

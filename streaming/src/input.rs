@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 use weir_core::{Channel, CommitError, Event, TakeError, TakeTransaction};
 
@@ -22,6 +23,12 @@ pub enum InputError {
         input: String,
         #[source]
         source: TakeError,
+    },
+    #[error("input `{input}`: a journaled batch of {expected} events is no longer there ({found} found)")]
+    Changed {
+        input: String,
+        expected: u64,
+        found: u64,
     },
     #[error("input `{input}`: {source}")]
     Commit {
@@ -40,10 +47,20 @@ pub enum InputPosition {
     Channel { events: u64, fingerprint: u64 },
 }
 
-/// A piece of a batch that is committed as a unit (a channel take transaction).
+/// A piece of a batch (a channel take transaction). The job runs a chunk through the
+/// operators, releases its events, and commits all of a batch's chunks together later.
 #[async_trait]
 pub trait InputChunk: Send + Sync {
+    /// The chunk's events; empty once released.
     fn events(&self) -> &[Event];
+    /// Events in the chunk, released or not.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Drops the chunk's events while keeping it uncommitted, if the input can deliver them
+    /// again without this copy; returns whether it did.
+    fn release(&mut self) -> bool;
     async fn commit(self: Box<Self>) -> Result<(), CommitError>;
 }
 
@@ -51,6 +68,12 @@ pub trait InputChunk: Send + Sync {
 impl InputChunk for TakeTransaction {
     fn events(&self) -> &[Event] {
         TakeTransaction::events(self)
+    }
+    fn len(&self) -> usize {
+        TakeTransaction::len(self)
+    }
+    fn release(&mut self) -> bool {
+        self.release_events()
     }
     async fn commit(self: Box<Self>) -> Result<(), CommitError> {
         (*self).commit().await
@@ -74,7 +97,7 @@ impl InputBatch {
     }
 
     pub fn len(&self) -> usize {
-        self.chunks.iter().map(|c| c.events().len()).sum()
+        self.chunks.iter().map(|c| c.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -85,20 +108,17 @@ impl InputBatch {
         &self.position
     }
 
-    /// Borrowed slices of the batch's events, in order.
-    pub fn slices(&self) -> Vec<&[Event]> {
-        self.chunks.iter().map(|c| c.events()).collect()
-    }
-
-    /// Commits the chunks in order; a failure leaves the rest to roll back on drop.
+    /// Commits every chunk, all at once so that a channel can make them durable together
+    /// (the file channel: one group write); a failed chunk rolls back.
     pub async fn commit(self) -> Result<(), InputError> {
-        for chunk in self.chunks {
-            chunk.commit().await.map_err(|source| InputError::Commit {
-                input: self.input.clone(),
+        let results = join_all(self.chunks.into_iter().map(|c| c.commit())).await;
+        match results.into_iter().find_map(Result::err) {
+            Some(source) => Err(InputError::Commit {
+                input: self.input,
                 source,
-            })?;
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -112,18 +132,23 @@ impl std::fmt::Debug for InputBatch {
     }
 }
 
-/// What a job reads from.
+/// What a job reads from. A batch is cut chunk by chunk: [`JobInput::take_chunk`] until the
+/// batch limit or the input has nothing more now, then [`JobInput::end_cut`].
 #[async_trait]
 pub trait JobInput: Send {
     fn name(&self) -> &str;
 
-    /// Cuts the next batch: up to `max_events` events available now (possibly none — empty
-    /// batches are real batches).
-    async fn cut(&mut self, max_events: usize) -> Result<InputBatch, InputError>;
+    /// The next chunk of the batch being cut: up to `max` events available now, or `None`.
+    async fn take_chunk(&mut self, max: usize) -> Result<Option<Box<dyn InputChunk>>, InputError>;
 
-    /// Cuts exactly the batch described by `position` again, or returns `None` (after rolling
-    /// back whatever it took) when the input no longer starts with that batch — for a channel,
-    /// because it was committed before the crash.
+    /// Where the chunks taken since the previous call came from (for the journal); the next
+    /// chunk starts a new batch.
+    fn end_cut(&mut self) -> InputPosition;
+
+    /// Checks that the input still starts with the batch at `position`: takes it again
+    /// (chunk by chunk, releasing the events) and returns it, or returns `None` (after rolling
+    /// back whatever it took) when the input no longer starts with it — for a channel, because
+    /// it was committed before the crash.
     async fn recut(&mut self, position: &InputPosition) -> Result<Option<InputBatch>, InputError>;
 
     /// Events waiting in the input, if known (for logs and backpressure tests).
@@ -141,34 +166,28 @@ pub trait JobInput: Send {
 /// A channel as a job input. The job is the channel's only consumer.
 pub struct ChannelInput {
     channel: Arc<dyn Channel>,
+    /// The batch being cut.
+    cut: Fingerprint,
 }
 
 impl ChannelInput {
     pub fn new(channel: Arc<dyn Channel>) -> Self {
-        ChannelInput { channel }
+        ChannelInput {
+            channel,
+            cut: Fingerprint::new(None),
+        }
     }
 
-    async fn take_up_to(&self, max: usize) -> Result<Vec<Box<dyn InputChunk>>, InputError> {
-        let mut chunks: Vec<Box<dyn InputChunk>> = Vec::new();
-        let mut got = 0usize;
-        // A channel caps each take at its transaction capacity, so a batch may span several
-        // take transactions; stop when the channel has nothing more right now.
-        while got < max {
-            match self.channel.take(max - got).await {
-                Ok(Some(t)) => {
-                    got += t.len();
-                    chunks.push(Box::new(t));
-                }
-                Ok(None) => break,
-                Err(source) => {
-                    return Err(InputError::Take {
-                        input: self.channel.name().to_string(),
-                        source,
-                    })
-                }
-            }
-        }
-        Ok(chunks)
+    async fn take(&self, max: usize) -> Result<Option<TakeTransaction>, InputError> {
+        // A channel caps each take at its transaction capacity, so a batch spans several take
+        // transactions.
+        self.channel
+            .take(max)
+            .await
+            .map_err(|source| InputError::Take {
+                input: self.channel.name().to_string(),
+                source,
+            })
     }
 }
 
@@ -178,26 +197,50 @@ impl JobInput for ChannelInput {
         self.channel.name()
     }
 
-    async fn cut(&mut self, max_events: usize) -> Result<InputBatch, InputError> {
-        let chunks = self.take_up_to(max_events).await?;
-        let position = channel_position(&chunks);
-        Ok(InputBatch::new(
-            self.channel.name().to_string(),
-            chunks,
-            position,
-        ))
+    async fn take_chunk(&mut self, max: usize) -> Result<Option<Box<dyn InputChunk>>, InputError> {
+        if max == 0 {
+            return Ok(None);
+        }
+        let Some(t) = self.take(max).await? else {
+            return Ok(None);
+        };
+        self.cut.add(t.events());
+        Ok(Some(Box::new(t)))
+    }
+
+    fn end_cut(&mut self) -> InputPosition {
+        let fp = std::mem::replace(&mut self.cut, Fingerprint::new(None));
+        let (events, fingerprint, _) = fp.finish();
+        InputPosition::Channel {
+            events,
+            fingerprint,
+        }
     }
 
     async fn recut(&mut self, position: &InputPosition) -> Result<Option<InputBatch>, InputError> {
-        let InputPosition::Channel { events, .. } = position;
-        let max = usize::try_from(*events).unwrap_or(usize::MAX);
-        let chunks = self.take_up_to(max).await?;
-        let found = channel_position(&chunks);
-        if &found == position {
+        let InputPosition::Channel {
+            events,
+            fingerprint,
+        } = position;
+        let mut fp = Fingerprint::new(Some(*events));
+        let mut chunks: Vec<Box<dyn InputChunk>> = Vec::new();
+        let mut got = 0u64;
+        while got < *events {
+            let max = usize::try_from(*events - got).unwrap_or(usize::MAX);
+            let Some(mut t) = self.take(max).await? else {
+                break;
+            };
+            got += t.len() as u64;
+            fp.add(t.events());
+            t.release_events();
+            chunks.push(Box::new(t));
+        }
+        let (n, found, legacy) = fp.finish();
+        if n == *events && (found == *fingerprint || legacy == Some(*fingerprint)) {
             Ok(Some(InputBatch::new(
                 self.channel.name().to_string(),
                 chunks,
-                found,
+                position.clone(),
             )))
         } else {
             // Dropping the chunks rolls them back, ahead of newer events, in order.
@@ -214,19 +257,80 @@ impl JobInput for ChannelInput {
     }
 }
 
-fn channel_position(chunks: &[Box<dyn InputChunk>]) -> InputPosition {
-    let events: Vec<&Event> = chunks.iter().flat_map(|c| c.events().iter()).collect();
-    InputPosition::Channel {
-        events: events.len() as u64,
-        fingerprint: fingerprint(&events),
+/// A stable (FNV-1a) fingerprint of a run of events, computed chunk by chunk: every event's
+/// body length and header count in order, then the count, and the full bytes of the first
+/// and last events. Cheap on the hot path (one mix per event plus two events' bytes) yet
+/// enough to tell "the channel still starts with this batch" from "this batch was committed
+/// and these are newer events"; streams of identical events are the blind spot (see the crate
+/// docs).
+///
+/// Checkpoints written before batches were cut in chunks hold the older form (the count
+/// first, see [`fingerprint`]); when the count is known in advance (a re-cut) that one is
+/// computed alongside.
+pub struct Fingerprint {
+    h: Fnv,
+    legacy: Option<Fnv>,
+    n: u64,
+    first: Option<Event>,
+    last: Option<Event>,
+}
+
+impl Fingerprint {
+    pub fn new(known_count: Option<u64>) -> Self {
+        Fingerprint {
+            h: Fnv::new(),
+            legacy: known_count.map(|n| {
+                let mut h = Fnv::new();
+                h.write_u64(n);
+                h
+            }),
+            n: 0,
+            first: None,
+            last: None,
+        }
+    }
+
+    pub fn add(&mut self, events: &[Event]) {
+        for e in events {
+            for h in std::iter::once(&mut self.h).chain(self.legacy.as_mut()) {
+                h.write_u64(e.body.len() as u64);
+                h.write_u64(e.headers.len() as u64);
+            }
+        }
+        self.n += events.len() as u64;
+        if let Some(e) = events.first() {
+            // Clones share the body; two events are kept, not the batch.
+            self.first.get_or_insert_with(|| e.clone());
+        }
+        if let Some(e) = events.last() {
+            self.last = Some(e.clone());
+        }
+    }
+
+    /// `(events, fingerprint, legacy fingerprint if the count was known)`.
+    pub fn finish(mut self) -> (u64, u64, Option<u64>) {
+        self.h.write_u64(self.n);
+        for h in std::iter::once(&mut self.h).chain(self.legacy.as_mut()) {
+            for e in self.first.iter().chain(&self.last) {
+                write_event(h, e);
+            }
+        }
+        (self.n, self.h.0, self.legacy.map(|h| h.0))
     }
 }
 
-/// A stable (FNV-1a) fingerprint of a run of events: the count, every event's body length
-/// and header count, and the full bytes of the first and last events. Cheap on the hot path
-/// (one mix per event plus two events' bytes) yet enough to tell "the channel still starts
-/// with this batch" from "this batch was committed and these are newer events"; streams of
-/// identical events are the blind spot (see the crate docs).
+fn write_event(h: &mut Fnv, e: &Event) {
+    h.write(&e.body);
+    for (k, v) in &e.headers {
+        h.write(k.as_bytes());
+        h.write(&[0]);
+        h.write(v.as_bytes());
+        h.write(&[0]);
+    }
+}
+
+/// The fingerprint of batches journaled before batches were cut in chunks: the count, every
+/// event's body length and header count, the first and last events' bytes.
 pub fn fingerprint(events: &[&Event]) -> u64 {
     let mut h = Fnv::new();
     h.write_u64(events.len() as u64);
@@ -235,17 +339,12 @@ pub fn fingerprint(events: &[&Event]) -> u64 {
         h.write_u64(e.headers.len() as u64);
     }
     for e in events.first().into_iter().chain(events.last()) {
-        h.write(&e.body);
-        for (k, v) in &e.headers {
-            h.write(k.as_bytes());
-            h.write(&[0]);
-            h.write(v.as_bytes());
-            h.write(&[0]);
-        }
+        write_event(&mut h, e);
     }
     h.0
 }
 
+#[derive(Clone, Copy)]
 struct Fnv(u64);
 
 impl Fnv {
@@ -260,5 +359,36 @@ impl Fnv {
     }
     fn write_u64(&mut self, v: u64) {
         self.write(&v.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events() -> Vec<Event> {
+        (0..10)
+            .map(|i| Event::new(format!("line {i}")).with_header("h", "v"))
+            .collect()
+    }
+
+    #[test]
+    fn a_fingerprint_does_not_depend_on_the_chunking_and_knows_the_older_form() {
+        let evs = events();
+        let mut whole = Fingerprint::new(None);
+        whole.add(&evs);
+        let mut chunked = Fingerprint::new(Some(10));
+        for c in evs.chunks(3) {
+            chunked.add(c);
+        }
+        let (n, fp, none) = whole.finish();
+        let (m, fp2, legacy) = chunked.finish();
+        assert_eq!((n, none), (10, None));
+        assert_eq!((m, fp2), (10, fp));
+        let refs: Vec<&Event> = evs.iter().collect();
+        assert_eq!(legacy, Some(fingerprint(&refs)));
+        let mut other = Fingerprint::new(None);
+        other.add(&evs[1..]);
+        assert_ne!(other.finish().1, fp, "a different run of events");
     }
 }

@@ -14,7 +14,7 @@ use crate::checkpoint::{
     BatchRecord, CheckpointDir, CheckpointError, Manifest, NodeState, StateFile, CHECKPOINT_VERSION,
 };
 use crate::clock::{next_tick, SharedClock, SystemClock};
-use crate::input::{ChannelInput, InputBatch, InputError, JobInput};
+use crate::input::{ChannelInput, InputBatch, InputError, InputPosition, JobInput};
 use crate::metrics::{BatchInfo, JobMetrics};
 use crate::output::{Output, OutputError};
 use crate::rate::{PidConfig, RateController};
@@ -41,6 +41,10 @@ pub struct JobOptions {
     pub max_rate: Option<u64>,
     /// Most events one batch takes from one input.
     pub max_batch_events: usize,
+    /// Events per chunk: a batch is taken, run through the per-element operators and folded
+    /// into the aggregations this many events at a time, so its memory is one chunk plus the
+    /// aggregation state (see [`crate::stream`]).
+    pub chunk_events: usize,
     /// Batches kept in [`JobMetrics`].
     pub retained_batches: usize,
     /// After a restart, ticks missed while down are run back to back (as Spark does) unless
@@ -64,6 +68,7 @@ impl JobOptions {
             initial_rate: None,
             max_rate: None,
             max_batch_events: 2_000_000,
+            chunk_events: 8192,
             retained_batches: 1000,
             max_catch_up_batches: 1000,
             data_dir: None,
@@ -230,6 +235,7 @@ impl StreamingContext {
                 .map(|d| d.as_millis() as i64),
             stateful: stateful > 0,
             max_catch_up_batches: self.options.max_catch_up_batches,
+            chunk_events: self.options.chunk_events.max(1),
             clock: self.clock,
             inputs: self.inputs,
             outputs: self.outputs,
@@ -251,6 +257,7 @@ pub struct Job {
     checkpoint_interval_ms: Option<i64>,
     stateful: bool,
     max_catch_up_batches: u64,
+    chunk_events: usize,
     clock: SharedClock,
     inputs: Vec<Box<dyn JobInput>>,
     outputs: Vec<Output>,
@@ -471,15 +478,17 @@ impl Job {
                     None => lost = true,
                 }
             }
+            // Roll the checked batch back; the replay takes the same events again, chunk by
+            // chunk (the job is the inputs' only consumer).
+            drop(batches);
             if lost {
                 // Only possible when the input lost uncommitted events (a memory channel
                 // after a real crash): nothing to replay; later batches follow from here.
                 tracing::warn!(message = "A journaled batch's events are no longer in its input; not replaying it.", job = %self.name, batch_time_ms = r.time_ms);
-                drop(batches);
                 continue;
             }
             self.manifest.pending.push(r.clone());
-            self.run_batch(r.time_ms, Some(batches)).await?;
+            self.run_batch(r.time_ms, Some(&r.inputs)).await?;
             last = Some(r.time_ms);
         }
         Ok(last)
@@ -554,48 +563,91 @@ impl Job {
         })
     }
 
-    /// One batch: cut (or take the replayed cut), journal, compute + outputs, then
-    /// checkpoint and commit when due.
+    /// One batch: cut it chunk by chunk (or take the journaled cut again), running every
+    /// chunk through the operators; journal; outputs; then checkpoint and commit when due.
+    /// Outputs write only after the journal (I2): the chunks only fold into per-batch
+    /// accumulators, and operator state changes at the end of the batch.
     async fn run_batch(
         &mut self,
         time_ms: i64,
-        replay: Option<Vec<InputBatch>>,
+        replay: Option<&[InputPosition]>,
     ) -> Result<(), JobError> {
         let start = self.clock.now_ms();
         let limit = self.rate.next_batch_limit();
         let replayed = replay.is_some();
-        let batches = match replay {
-            Some(b) => b,
-            None => {
-                let mut batches = Vec::with_capacity(self.inputs.len());
-                for input in &mut self.inputs {
-                    let b = input.cut(limit).await.map_err(|source| JobError::Input {
-                        job: self.name.clone(),
-                        source,
-                    })?;
-                    batches.push(b);
+        let mut malformed = 0u64;
+        let mut batches = Vec::with_capacity(self.inputs.len());
+        for i in 0..self.inputs.len() {
+            let want = match replay.and_then(|p| p.get(i)) {
+                Some(InputPosition::Channel { events, .. }) => {
+                    usize::try_from(*events).unwrap_or(usize::MAX)
                 }
-                self.check_fail(FailPoint::AfterCut)?;
-                if let Some(ck) = &self.checkpoints {
-                    // I2: the batch is journaled before any of its outputs run.
-                    self.manifest.pending.push(BatchRecord {
-                        time_ms,
-                        inputs: batches.iter().map(|b| b.position().clone()).collect(),
-                    });
-                    ck.write_manifest(&self.manifest)
-                        .await
-                        .map_err(|e| self.ck_err(e))?;
+                None => limit,
+            };
+            let mut chunks = Vec::new();
+            let mut got = 0usize;
+            while got < want {
+                let max = (want - got).min(self.chunk_events);
+                let taken = self.inputs[i]
+                    .take_chunk(max)
+                    .await
+                    .map_err(|e| self.input_err(e))?;
+                let Some(mut chunk) = taken else {
+                    break;
+                };
+                got += chunk.len();
+                {
+                    let mut slices: Vec<Vec<&[Event]>> = vec![Vec::new(); self.inputs.len()];
+                    slices[i].push(chunk.events());
+                    let cx = BatchCx::new(time_ms, self.interval_ms, &slices);
+                    for o in &mut self.outputs {
+                        o.runner.chunk(&cx);
+                    }
+                    malformed += cx.malformed();
                 }
-                batches
+                // Processed: the open take need not hold the events until the commit.
+                chunk.release();
+                chunks.push(chunk);
             }
-        };
+            let position = self.inputs[i].end_cut();
+            let position = match replay.and_then(|p| p.get(i)) {
+                Some(journaled) => {
+                    if got != want {
+                        return Err(self.input_err(InputError::Changed {
+                            input: self.inputs[i].name().to_string(),
+                            expected: want as u64,
+                            found: got as u64,
+                        }));
+                    }
+                    journaled.clone()
+                }
+                None => position,
+            };
+            batches.push(InputBatch::new(
+                self.inputs[i].name().to_string(),
+                chunks,
+                position,
+            ));
+        }
+        if !replayed {
+            self.check_fail(FailPoint::AfterCut)?;
+            if let Some(ck) = &self.checkpoints {
+                // I2: the batch is journaled before any of its outputs run.
+                self.manifest.pending.push(BatchRecord {
+                    time_ms,
+                    inputs: batches.iter().map(|b| b.position().clone()).collect(),
+                });
+                ck.write_manifest(&self.manifest)
+                    .await
+                    .map_err(|e| self.ck_err(e))?;
+            }
+        }
         self.check_fail(FailPoint::AfterTake)?;
         let input_events: u64 = batches.iter().map(|b| b.len() as u64).sum();
-        let malformed = {
-            let slices: Vec<Vec<&[Event]>> = batches.iter().map(|b| b.slices()).collect();
-            let cx = BatchCx::new(time_ms, self.interval_ms, &slices);
+        {
+            let cx = BatchCx::new(time_ms, self.interval_ms, &[]);
             for o in &mut self.outputs {
-                if let Err(source) = o.runner.run(&cx).await {
+                if let Err(source) = o.runner.finish(&cx).await {
                     return Err(JobError::Output {
                         job: self.name.clone(),
                         batch_time_ms: time_ms,
@@ -603,8 +655,8 @@ impl Job {
                     });
                 }
             }
-            cx.malformed()
-        };
+            malformed += cx.malformed();
+        }
         self.check_fail(FailPoint::AfterOutput)?;
         self.held.push(batches);
         let due = match (&self.checkpoints, self.checkpoint_interval_ms) {

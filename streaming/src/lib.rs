@@ -8,13 +8,18 @@
 //! never skipped or merged, empty batches are real batches.
 //!
 //! # One batch `T`
-//! 1. **cut**: take up to the batch limit from every input (take transactions);
+//! 1. **cut**: take up to the batch limit from every input, in chunks of `chunk_events`
+//!    (one take transaction each); every chunk runs through the per-element operators and is
+//!    folded into the aggregations, then its events are released (the file channel re-reads
+//!    them from its log if the take is rolled back), so a batch's memory is one chunk plus
+//!    the aggregation state ([`stream`] lists the operators that hold a whole batch);
 //! 2. **journal**: append `{T, input positions}` to `pending` in the manifest (durable);
-//! 3. **compute + outputs**, in definition order; stateful operators update in memory;
+//! 3. **outputs**, in definition order, from the batch's results; stateful operators update
+//!    in memory;
 //! 4. **checkpoint** when due (every batch by default, or every `checkpoint_interval`):
 //!    write `state-T.json`, then the manifest naming it with the held batches moved from
 //!    `pending` to `covered`;
-//! 5. **commit** the held batches' inputs, oldest first.
+//! 5. **commit** the held batches' inputs, oldest first (a batch's chunks together).
 //!
 //! # Invariants
 //! * **I1** — an input batch is committed only after a checkpoint whose state includes it
@@ -29,9 +34,10 @@
 //! * Load the state named by the manifest: the state *before* every `pending` batch.
 //! * `covered` batches are in that state; if an input still starts with one (crash between
 //!   the checkpoint and the commit), it is committed now without being processed again.
-//! * `pending` batches are re-cut (same event count and fingerprint) and run again with their
-//!   original batch times, from that state; outputs are re-written (idempotent for `file`),
-//!   state ends up exactly as without the crash.
+//! * `pending` batches are re-cut (same event count and fingerprint; the check takes the
+//!   events and rolls them back) and run again with their original batch times, from that
+//!   state; outputs are re-written (idempotent for `file`), state ends up exactly as without
+//!   the crash.
 //! * Then batches continue on the grid right after the last batch done: ticks missed while
 //!   down are run at once, back to back (Spark re-runs them too), so batch times have no
 //!   holes and a batch cut but not journaled before the crash gets its original time
@@ -41,7 +47,7 @@
 //! `events` and `for_each_batch` may repeat a batch (at-least-once).
 //!
 //! **Channel positions are implicit**: a channel redelivers uncommitted events first and in
-//! order, so a batch is identified by its event count plus a [fingerprint](input::fingerprint).
+//! order, so a batch is identified by its event count plus a [fingerprint](input::Fingerprint).
 //! The blind spot: if a `covered` batch was committed *and* the next events have the same
 //! count and fingerprint (e.g. a stream of identical lines), recovery would take the newer
 //! events for the old batch and commit them unprocessed. It needs a crash in the window
@@ -82,7 +88,9 @@ pub mod stream;
 pub use checkpoint::{CheckpointError, CHECKPOINT_VERSION};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use config::{BuildContext, JobConfig};
-pub use input::{ChannelInput, InputBatch, InputChunk, InputError, InputPosition, JobInput};
+pub use input::{
+    ChannelInput, Fingerprint, InputBatch, InputChunk, InputError, InputPosition, JobInput,
+};
 pub use job::{FailPoint, Job, JobError, JobOptions, StreamingContext};
 pub use metrics::{BatchInfo, DelayHistogram, DelayHistograms, JobMetrics, DELAY_BUCKETS_MS};
 pub use output::{format_print, text_event, EventsFn, Output, OutputError, OutputFmt};

@@ -139,7 +139,10 @@ pub struct Output {
 }
 
 pub(crate) trait OutputRunner: Send {
-    fn run<'s>(&'s mut self, cx: &BatchCx<'_>) -> BoxFuture<'s, Result<(), OutputError>>;
+    /// One chunk of the batch through the output's stream (nothing is written yet).
+    fn chunk(&mut self, cx: &BatchCx<'_>);
+    /// The end of the batch: write its result.
+    fn finish<'s>(&'s mut self, cx: &BatchCx<'_>) -> BoxFuture<'s, Result<(), OutputError>>;
     fn visit_state(&mut self, f: &mut dyn FnMut(&mut dyn StateNode));
 }
 
@@ -147,14 +150,22 @@ type WriteFn<T> = Box<dyn FnMut(i64, Vec<T>) -> BoxFuture<'static, Result<(), Ou
 
 struct Op<T> {
     node: Box<dyn Node<T>>,
+    /// The batch's elements so far (an aggregation yields only at the end of the batch).
+    items: Vec<T>,
     write: WriteFn<T>,
 }
 
 impl<T: Send + 'static> OutputRunner for Op<T> {
-    fn run<'s>(&'s mut self, cx: &BatchCx<'_>) -> BoxFuture<'s, Result<(), OutputError>> {
-        match self.node.compute(cx) {
-            None => Box::pin(async { Ok(()) }),
-            Some(items) => (self.write)(cx.time_ms, items),
+    fn chunk(&mut self, cx: &BatchCx<'_>) {
+        self.node.chunk(cx, &mut self.items);
+    }
+    fn finish<'s>(&'s mut self, cx: &BatchCx<'_>) -> BoxFuture<'s, Result<(), OutputError>> {
+        let has = self.node.finish(cx, &mut self.items);
+        let items = std::mem::take(&mut self.items);
+        if has {
+            (self.write)(cx.time_ms, items)
+        } else {
+            Box::pin(async { Ok(()) })
         }
     }
     fn visit_state(&mut self, f: &mut dyn FnMut(&mut dyn StateNode)) {
@@ -170,6 +181,7 @@ impl<T: Send + 'static> Stream<T> {
         Output {
             runner: Box::new(Op {
                 node: self.node,
+                items: Vec::new(),
                 write: Box::new(write),
             }),
         }

@@ -1,9 +1,19 @@
 //! The operator graph (Spark's DStream API, in Rust).
 //!
-//! * An [`EventStream`] is a view of one or more inputs' events for the current batch. Its
+//! * A batch flows through the graph in **chunks** (one take transaction each): every chunk
+//!   goes through the per-element operators (`map`, `flat_map`, `filter`, `key_by`, `union`)
+//!   and is folded into the aggregations (`count`, `count_by_value`, `count_by_slice`,
+//!   `reduce_by_key`, `reduce_by_key_and_window`, `update_state_by_key`) as it comes; at the
+//!   end of the batch the aggregations produce the batch's result. So a batch's memory is the
+//!   aggregation state plus one chunk, not the batch. What does hold a whole batch:
+//!   `transform` (its closure sees the whole batch: [`EventStream::transform`] clones the
+//!   events), `window` (keeps its elements for the window's length), `update_state_by_key`
+//!   (groups the batch's values per key), and an output of a stream without an aggregation
+//!   (it writes all of the batch's elements at once).
+//! * An [`EventStream`] is a view of one or more inputs' events for the current chunk. Its
 //!   operators see `&Event` borrowed from the take transactions, so nothing is copied until an
 //!   operator produces owned values ([`EventStream::map`] and friends), and
-//!   [`EventStream::count_by_slice`] counts borrowed byte slices and allocates a `String` per
+//!   [`EventStream::count_by_slice`] counts borrowed byte slices and allocates a key per
 //!   distinct key only.
 //! * A [`Stream<T>`] is a batch-by-batch computation producing owned `T`s. Each batch, an
 //!   output pulls its stream once; a stream is consumed by exactly one output or operator
@@ -26,7 +36,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use weir_core::Event;
 
-/// What the operators of one batch see.
+/// What the operators see of one chunk of a batch (at the end of the batch: no events).
 pub struct BatchCx<'a> {
     /// The batch time `T` (ms since the Unix epoch).
     pub time_ms: i64,
@@ -91,9 +101,35 @@ pub trait StateNode {
     }
 }
 
+/// A node of the graph. A batch is `chunk` once per chunk of events, then `finish` once;
+/// the batch's result is everything appended by both. Per-element nodes append as chunks
+/// come; aggregations fold chunks into a per-batch accumulator and append at `finish`.
 pub(crate) trait Node<T>: Send {
-    fn compute(&mut self, cx: &BatchCx<'_>) -> Option<Vec<T>>;
+    /// One chunk (`cx` holds its events): append what it yields now.
+    fn chunk(&mut self, cx: &BatchCx<'_>, out: &mut Vec<T>);
+    /// The end of the batch: append the rest of the result. `false` = no result at this batch
+    /// time (a window between slides, and what follows it); such a node never yields in
+    /// `chunk`, because only windows decide this and they yield only at `finish`.
+    fn finish(&mut self, cx: &BatchCx<'_>, out: &mut Vec<T>) -> bool;
     fn visit_state(&mut self, _f: &mut dyn FnMut(&mut dyn StateNode)) {}
+}
+
+/// Runs a whole batch given as `(input index, chunk)` through `node`, as the job does.
+#[cfg(test)]
+pub(crate) fn compute_chunks<T>(
+    node: &mut dyn Node<T>,
+    time_ms: i64,
+    interval_ms: i64,
+    chunks: &[(usize, &[Event])],
+) -> Option<Vec<T>> {
+    let mut out = Vec::new();
+    for (i, c) in chunks {
+        let mut inputs: Vec<Vec<&[Event]>> = vec![Vec::new(); i + 1];
+        inputs[*i].push(c);
+        node.chunk(&BatchCx::new(time_ms, interval_ms, &inputs), &mut out);
+    }
+    let has = node.finish(&BatchCx::new(time_ms, interval_ms, &[]), &mut out);
+    has.then_some(out)
 }
 
 pub(crate) trait EventNode: Send {
@@ -181,11 +217,7 @@ impl EventStream {
         mut f: impl FnMut(&Event) -> I + Send + 'static,
     ) -> Stream<T> {
         let mut src = self.node;
-        Stream::from_fn(move |cx| {
-            let mut out = Vec::new();
-            src.for_each(cx, &mut |e| out.extend(f(e)));
-            Some(out)
-        })
+        Stream::from_chunks(move |cx, out| src.for_each(cx, &mut |e| out.extend(f(e))))
     }
 
     /// Like `flat_map` with at most one result; `None` counts the event as malformed.
@@ -194,73 +226,96 @@ impl EventStream {
         mut f: impl FnMut(&Event) -> Option<T> + Send + 'static,
     ) -> Stream<T> {
         let mut src = self.node;
-        Stream::from_fn(move |cx| {
-            let mut out = Vec::new();
+        Stream::from_chunks(move |cx, out| {
             let mut bad = 0u64;
             src.for_each(cx, &mut |e| match f(e) {
                 Some(v) => out.push(v),
                 None => bad += 1,
             });
             cx.add_malformed(bad);
-            Some(out)
         })
     }
 
-    /// A closure over the whole batch's events.
+    /// A closure over the whole batch's events. It holds the whole batch: the events are
+    /// cloned out of each chunk (bodies are shared, not copied) until the batch ends.
     pub fn transform<T: Send + 'static>(
         self,
         mut f: impl FnMut(i64, &[&Event]) -> Vec<T> + Send + 'static,
     ) -> Stream<T> {
         let mut src = self.node;
-        Stream::from_fn(move |cx| {
-            let mut all = Vec::new();
-            src.for_each(cx, &mut |e| all.push(e));
-            Some(f(cx.time_ms, &all))
-        })
+        Stream::from_fold(
+            Vec::<Event>::new(),
+            move |all, cx| src.for_each(cx, &mut |e| all.push(e.clone())),
+            move |all, cx, out| {
+                let refs: Vec<&Event> = all.iter().collect();
+                out.extend(f(cx.time_ms, &refs));
+            },
+        )
     }
 
     /// Number of events in the batch (one element per batch, also for empty batches).
     pub fn count(self) -> Stream<u64> {
         let mut src = self.node;
-        Stream::from_fn(move |cx| {
-            let mut n = 0u64;
-            src.for_each(cx, &mut |_| n += 1);
-            Some(vec![n])
-        })
+        Stream::from_fold(
+            0u64,
+            move |n, cx| src.for_each(cx, &mut |_| *n += 1),
+            |n, _, out| out.push(n),
+        )
     }
 
     /// The hot path of `StreamingRequestCount`: counts per key, where the key is a slice
     /// borrowed from the event (e.g. [`field`] of the body). Hashes the slice; allocates one
-    /// `String` per distinct key. An event whose extractor returns `None`, or whose key is
-    /// not UTF-8, counts as malformed. Results are sorted by key.
+    /// key per distinct key. An event whose extractor returns `None`, or whose key is not
+    /// UTF-8, counts as malformed. Results are sorted by key.
     pub fn count_by_slice(
         self,
         f: impl for<'e> Fn(&'e Event) -> Option<&'e [u8]> + Send + 'static,
     ) -> Stream<(String, u64)> {
         let mut src = self.node;
-        Stream::from_fn(move |cx| {
-            let mut counts: HashMap<&[u8], u64, FxBuild> = HashMap::default();
-            let mut bad = 0u64;
-            src.for_each(cx, &mut |e| match f(e) {
-                Some(k) => *counts.entry(k).or_insert(0) += 1,
-                None => bad += 1,
-            });
-            let mut out = Vec::with_capacity(counts.len());
-            for (k, n) in counts {
-                match std::str::from_utf8(k) {
-                    Ok(s) => out.push((s.to_string(), n)),
-                    Err(_) => bad += n,
+        Stream::from_fold(
+            SliceCounts::default(),
+            move |counts, cx| {
+                let mut bad = 0u64;
+                src.for_each(cx, &mut |e| match f(e) {
+                    Some(k) => counts.add(k, 1),
+                    None => bad += 1,
+                });
+                cx.add_malformed(bad);
+            },
+            |counts, cx, out| {
+                let mut bad = 0u64;
+                out.reserve(counts.0.len());
+                for (k, n) in counts.0 {
+                    match String::from_utf8(k.into_vec()) {
+                        Ok(s) => out.push((s, n)),
+                        Err(_) => bad += n,
+                    }
                 }
-            }
-            cx.add_malformed(bad);
-            out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            Some(out)
-        })
+                cx.add_malformed(bad);
+                out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            },
+        )
     }
 
     /// Owned copies of the events (needed to window raw events).
     pub fn cloned(self) -> Stream<Event> {
         self.map(|e| e.clone())
+    }
+}
+
+/// Per-key counts of byte-slice keys across a batch's chunks: looked up by the borrowed
+/// slice, so a key is copied only the first time it is seen.
+#[derive(Default)]
+pub(crate) struct SliceCounts<V = u64>(pub(crate) HashMap<Box<[u8]>, V, FxBuild>);
+
+impl<V: Copy + std::ops::AddAssign> SliceCounts<V> {
+    pub(crate) fn add(&mut self, k: &[u8], n: V) {
+        match self.0.get_mut(k) {
+            Some(c) => *c += n,
+            None => {
+                self.0.insert(k.into(), n);
+            }
+        }
     }
 }
 
@@ -280,29 +335,97 @@ pub struct Stream<T> {
     pub(crate) node: Box<dyn Node<T>>,
 }
 
-struct FnNode<F>(F);
+/// A source of elements computed chunk by chunk (from an [`EventStream`]).
+struct ChunkSource<F>(F);
 
-impl<T, F> Node<T> for FnNode<F>
+impl<T, F> Node<T> for ChunkSource<F>
 where
-    F: FnMut(&BatchCx<'_>) -> Option<Vec<T>> + Send,
+    F: FnMut(&BatchCx<'_>, &mut Vec<T>) + Send,
 {
-    fn compute(&mut self, cx: &BatchCx<'_>) -> Option<Vec<T>> {
-        (self.0)(cx)
+    fn chunk(&mut self, cx: &BatchCx<'_>, out: &mut Vec<T>) {
+        (self.0)(cx, out)
+    }
+    fn finish(&mut self, _cx: &BatchCx<'_>, _out: &mut Vec<T>) -> bool {
+        true
     }
 }
 
-type BatchFn<T, U> = Box<dyn FnMut(&BatchCx<'_>, Vec<T>) -> Vec<U> + Send>;
-
-/// A stateless operator over the parent's result; keeps the parent's state visible.
-struct MapNode<T, U> {
-    parent: Box<dyn Node<T>>,
-    f: BatchFn<T, U>,
+/// An aggregation straight over the events: folds every chunk into `acc`, emits at the end.
+struct FoldSource<A, F, G> {
+    acc: A,
+    fold: F,
+    done: G,
 }
 
-impl<T: 'static, U: 'static> Node<U> for MapNode<T, U> {
-    fn compute(&mut self, cx: &BatchCx<'_>) -> Option<Vec<U>> {
-        let v = self.parent.compute(cx)?;
-        Some((self.f)(cx, v))
+impl<T, A, F, G> Node<T> for FoldSource<A, F, G>
+where
+    A: Default + Send,
+    F: FnMut(&mut A, &BatchCx<'_>) + Send,
+    G: FnMut(A, &BatchCx<'_>, &mut Vec<T>) + Send,
+{
+    fn chunk(&mut self, cx: &BatchCx<'_>, _out: &mut Vec<T>) {
+        (self.fold)(&mut self.acc, cx)
+    }
+    fn finish(&mut self, cx: &BatchCx<'_>, out: &mut Vec<T>) -> bool {
+        (self.done)(std::mem::take(&mut self.acc), cx, out);
+        true
+    }
+}
+
+type ElemFn<T, U> = Box<dyn FnMut(std::vec::Drain<'_, T>, &mut Vec<U>) + Send>;
+
+/// A per-element operator (`map`, `filter`, …): passes each chunk's elements on as they come.
+struct ElemNode<T, U> {
+    parent: Box<dyn Node<T>>,
+    buf: Vec<T>,
+    f: ElemFn<T, U>,
+}
+
+impl<T: Send + 'static, U: 'static> Node<U> for ElemNode<T, U> {
+    fn chunk(&mut self, cx: &BatchCx<'_>, out: &mut Vec<U>) {
+        self.parent.chunk(cx, &mut self.buf);
+        if !self.buf.is_empty() {
+            (self.f)(self.buf.drain(..), out);
+        }
+    }
+    fn finish(&mut self, cx: &BatchCx<'_>, out: &mut Vec<U>) -> bool {
+        let has = self.parent.finish(cx, &mut self.buf);
+        (self.f)(self.buf.drain(..), out);
+        has
+    }
+    fn visit_state(&mut self, f: &mut dyn FnMut(&mut dyn StateNode)) {
+        self.parent.visit_state(f)
+    }
+}
+
+type FoldFn<A, T> = Box<dyn FnMut(&mut A, std::vec::Drain<'_, T>) + Send>;
+type DoneFn<A, U> = Box<dyn FnMut(A, &BatchCx<'_>, &mut Vec<U>) + Send>;
+
+/// An aggregation over the parent's elements: folds them into `acc` chunk by chunk and
+/// emits at the end of the batch.
+struct FoldNode<T, A, U> {
+    parent: Box<dyn Node<T>>,
+    buf: Vec<T>,
+    acc: A,
+    fold: FoldFn<A, T>,
+    done: DoneFn<A, U>,
+}
+
+impl<T: Send + 'static, A: Default + Send, U: 'static> Node<U> for FoldNode<T, A, U> {
+    fn chunk(&mut self, cx: &BatchCx<'_>, _out: &mut Vec<U>) {
+        self.parent.chunk(cx, &mut self.buf);
+        if !self.buf.is_empty() {
+            (self.fold)(&mut self.acc, self.buf.drain(..));
+        }
+    }
+    fn finish(&mut self, cx: &BatchCx<'_>, out: &mut Vec<U>) -> bool {
+        let has = self.parent.finish(cx, &mut self.buf);
+        (self.fold)(&mut self.acc, self.buf.drain(..));
+        let acc = std::mem::take(&mut self.acc);
+        if has {
+            (self.done)(acc, cx, out);
+        }
+        has
     }
     fn visit_state(&mut self, f: &mut dyn FnMut(&mut dyn StateNode)) {
         self.parent.visit_state(f)
@@ -312,15 +435,17 @@ impl<T: 'static, U: 'static> Node<U> for MapNode<T, U> {
 struct UnionNode<T>(Box<dyn Node<T>>, Box<dyn Node<T>>);
 
 impl<T: Send + 'static> Node<T> for UnionNode<T> {
-    fn compute(&mut self, cx: &BatchCx<'_>) -> Option<Vec<T>> {
-        match (self.0.compute(cx), self.1.compute(cx)) {
-            (None, None) => None,
-            (a, b) => {
-                let mut a = a.unwrap_or_default();
-                a.extend(b.unwrap_or_default());
-                Some(a)
-            }
-        }
+    fn chunk(&mut self, cx: &BatchCx<'_>, out: &mut Vec<T>) {
+        self.0.chunk(cx, out);
+        self.1.chunk(cx, out);
+    }
+    fn finish(&mut self, cx: &BatchCx<'_>, out: &mut Vec<T>) -> bool {
+        // Each side's order is kept; between them, elements come as produced: inputs are
+        // read one after the other, so two chunk-wise streams of different inputs give
+        // this side's then the other's, while a window's elements come at the end.
+        let a = self.0.finish(cx, out);
+        let b = self.1.finish(cx, out);
+        a || b
     }
     fn visit_state(&mut self, f: &mut dyn FnMut(&mut dyn StateNode)) {
         self.0.visit_state(f);
@@ -329,51 +454,88 @@ impl<T: Send + 'static> Node<T> for UnionNode<T> {
 }
 
 impl<T: Send + 'static> Stream<T> {
-    pub(crate) fn from_fn(f: impl FnMut(&BatchCx<'_>) -> Option<Vec<T>> + Send + 'static) -> Self {
+    /// A stream computed chunk by chunk: `f` appends what each chunk yields.
+    pub(crate) fn from_chunks(f: impl FnMut(&BatchCx<'_>, &mut Vec<T>) + Send + 'static) -> Self {
         Stream {
-            node: Box::new(FnNode(f)),
+            node: Box::new(ChunkSource(f)),
         }
     }
 
-    fn then<U: Send + 'static>(
+    /// An aggregation over the events: `fold` each chunk into the accumulator, `done` turns
+    /// it into the batch's result (the accumulator starts from `A::default()` every batch).
+    pub(crate) fn from_fold<A: Default + Send + 'static>(
+        init: A,
+        fold: impl FnMut(&mut A, &BatchCx<'_>) + Send + 'static,
+        done: impl FnMut(A, &BatchCx<'_>, &mut Vec<T>) + Send + 'static,
+    ) -> Self {
+        Stream {
+            node: Box::new(FoldSource {
+                acc: init,
+                fold,
+                done,
+            }),
+        }
+    }
+
+    fn per_element<U: Send + 'static>(
         self,
-        f: impl FnMut(&BatchCx<'_>, Vec<T>) -> Vec<U> + Send + 'static,
+        f: impl FnMut(std::vec::Drain<'_, T>, &mut Vec<U>) + Send + 'static,
     ) -> Stream<U> {
         Stream {
-            node: Box::new(MapNode {
+            node: Box::new(ElemNode {
                 parent: self.node,
+                buf: Vec::new(),
                 f: Box::new(f),
             }),
         }
     }
 
+    fn fold<A: Default + Send + 'static, U: Send + 'static>(
+        self,
+        fold: impl FnMut(&mut A, std::vec::Drain<'_, T>) + Send + 'static,
+        done: impl FnMut(A, &BatchCx<'_>, &mut Vec<U>) + Send + 'static,
+    ) -> Stream<U> {
+        Stream {
+            node: Box::new(FoldNode {
+                parent: self.node,
+                buf: Vec::new(),
+                acc: A::default(),
+                fold: Box::new(fold),
+                done: Box::new(done),
+            }),
+        }
+    }
+
     pub fn map<U: Send + 'static>(self, mut f: impl FnMut(T) -> U + Send + 'static) -> Stream<U> {
-        self.then(move |_, v| v.into_iter().map(&mut f).collect())
+        self.per_element(move |v, out| out.extend(v.map(&mut f)))
     }
 
     pub fn flat_map<U: Send + 'static, I: IntoIterator<Item = U>>(
         self,
         mut f: impl FnMut(T) -> I + Send + 'static,
     ) -> Stream<U> {
-        self.then(move |_, v| v.into_iter().flat_map(&mut f).collect())
+        self.per_element(move |v, out| out.extend(v.flat_map(&mut f)))
     }
 
     pub fn filter(self, mut f: impl FnMut(&T) -> bool + Send + 'static) -> Stream<T> {
-        self.then(move |_, mut v| {
-            v.retain(|x| f(x));
-            v
-        })
+        self.per_element(move |v, out| out.extend(v.filter(|x| f(x))))
     }
 
-    /// A closure over the whole batch (Spark's `transform`); gets the batch time.
+    /// A closure over the whole batch (Spark's `transform`); gets the batch time. Holds the
+    /// whole batch's elements until the batch ends.
     pub fn transform<U: Send + 'static>(
         self,
         mut f: impl FnMut(i64, Vec<T>) -> Vec<U> + Send + 'static,
     ) -> Stream<U> {
-        self.then(move |cx, v| f(cx.time_ms, v))
+        self.fold(
+            |all: &mut Vec<T>, v| all.extend(v),
+            move |all, cx, out| out.extend(f(cx.time_ms, all)),
+        )
     }
 
-    /// Both streams' elements (this one's first).
+    /// Both streams' elements, each in its order. Elements pass on as chunks come, so this
+    /// one's come first when the two read different inputs (inputs are read one after the
+    /// other); a window's elements come at the end of the batch.
     pub fn union(self, other: Stream<T>) -> Stream<T> {
         Stream {
             node: Box::new(UnionNode(self.node, other.node)),
@@ -382,7 +544,10 @@ impl<T: Send + 'static> Stream<T> {
 
     /// One element per batch: the number of elements.
     pub fn count(self) -> Stream<u64> {
-        self.then(|_, v| vec![v.len() as u64])
+        self.fold(
+            |n: &mut u64, v| *n += v.len() as u64,
+            |n, _, out| out.push(n),
+        )
     }
 
     /// `(f(x), x)` pairs, key first (Spark's `keyBy`).
@@ -390,7 +555,7 @@ impl<T: Send + 'static> Stream<T> {
         self,
         mut f: impl FnMut(&T) -> K + Send + 'static,
     ) -> Stream<(K, T)> {
-        self.then(move |_, v| v.into_iter().map(|x| (f(&x), x)).collect())
+        self.per_element(move |v, out| out.extend(v.map(|x| (f(&x), x))))
     }
 
     /// Occurrences of each distinct element, sorted by element.
@@ -398,13 +563,14 @@ impl<T: Send + 'static> Stream<T> {
     where
         T: Hash + Eq + Ord,
     {
-        self.then(|_, v| {
-            let mut m: HashMap<T, u64> = HashMap::new();
-            for x in v {
-                *m.entry(x).or_insert(0) += 1;
-            }
-            sorted(m)
-        })
+        self.fold(
+            |m: &mut HashMap<T, u64, FxBuild>, v| {
+                for x in v {
+                    *m.entry(x).or_insert(0) += 1;
+                }
+            },
+            |m, _, out| out.extend(sorted(m)),
+        )
     }
 
     /// Spark's `window(length, slide)`: at batch times that are multiples of `slide`, all
@@ -419,13 +585,14 @@ impl<T: Send + 'static> Stream<T> {
                 parent: self.node,
                 length_ms: length.as_millis() as i64,
                 slide_ms: slide.as_millis() as i64,
+                current: Vec::new(),
                 batches: VecDeque::new(),
             }),
         }
     }
 }
 
-fn sorted<K: Ord, V>(m: HashMap<K, V>) -> Vec<(K, V)> {
+fn sorted<K: Ord, V, S>(m: HashMap<K, V, S>) -> Vec<(K, V)> {
     let mut v: Vec<(K, V)> = m.into_iter().collect();
     v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     v
@@ -447,14 +614,21 @@ struct WindowNode<T> {
     parent: Box<dyn Node<T>>,
     length_ms: i64,
     slide_ms: i64,
+    /// The current batch's elements so far.
+    current: Vec<T>,
     /// Each batch's elements in `(T − length, T]`, oldest first.
     batches: VecDeque<(i64, Vec<T>)>,
 }
 
 impl<T: Data> Node<T> for WindowNode<T> {
-    fn compute(&mut self, cx: &BatchCx<'_>) -> Option<Vec<T>> {
+    fn chunk(&mut self, cx: &BatchCx<'_>, _out: &mut Vec<T>) {
+        self.parent.chunk(cx, &mut self.current);
+    }
+    fn finish(&mut self, cx: &BatchCx<'_>, out: &mut Vec<T>) -> bool {
         let t = cx.time_ms;
-        if let Some(v) = self.parent.compute(cx) {
+        let has = self.parent.finish(cx, &mut self.current);
+        let v = std::mem::take(&mut self.current);
+        if has {
             self.batches.push_back((t, v));
         }
         while self
@@ -465,14 +639,10 @@ impl<T: Data> Node<T> for WindowNode<T> {
             self.batches.pop_front();
         }
         if t.rem_euclid(self.slide_ms) != 0 {
-            return None;
+            return false;
         }
-        Some(
-            self.batches
-                .iter()
-                .flat_map(|(_, v)| v.iter().cloned())
-                .collect(),
-        )
+        out.extend(self.batches.iter().flat_map(|(_, v)| v.iter().cloned()));
+        true
     }
     fn visit_state(&mut self, f: &mut dyn FnMut(&mut dyn StateNode)) {
         self.parent.visit_state(f);
@@ -510,7 +680,10 @@ impl<K: Send + 'static, V: Send + 'static> Stream<(K, V)> {
     where
         K: Hash + Eq + Ord,
     {
-        self.then(move |_, v| sorted(reduce_into(HashMap::new(), v, &f)))
+        self.fold(
+            move |m: &mut HashMap<K, V, FxBuild>, v| reduce_into(m, v, &f),
+            |m, _, out| out.extend(sorted(m)),
+        )
     }
 
     /// Spark's `reduceByKeyAndWindow`: per key, the reduction of all values in the window,
@@ -536,6 +709,8 @@ impl<K: Send + 'static, V: Send + 'static> Stream<(K, V)> {
                 inverse,
                 length_ms: length.as_millis() as i64,
                 slide_ms: slide.as_millis() as i64,
+                buf: Vec::new(),
+                current: HashMap::default(),
                 batches: VecDeque::new(),
                 running: HashMap::new(),
             }),
@@ -556,17 +731,19 @@ impl<K: Send + 'static, V: Send + 'static> Stream<(K, V)> {
             node: Box::new(UpdateStateNode {
                 parent: self.node,
                 f: Box::new(f),
+                buf: Vec::new(),
+                grouped: HashMap::new(),
                 state: HashMap::new(),
             }),
         }
     }
 }
 
-fn reduce_into<K: Hash + Eq, V>(
-    mut m: HashMap<K, V>,
-    items: Vec<(K, V)>,
+fn reduce_into<K: Hash + Eq, V, S: std::hash::BuildHasher>(
+    m: &mut HashMap<K, V, S>,
+    items: impl IntoIterator<Item = (K, V)>,
     f: &dyn Fn(V, V) -> V,
-) -> HashMap<K, V> {
+) {
     use std::collections::hash_map::Entry;
     for (k, v) in items {
         match m.entry(k) {
@@ -580,7 +757,6 @@ fn reduce_into<K: Hash + Eq, V>(
             }
         }
     }
-    m
 }
 
 struct ReduceWindowNode<K, V> {
@@ -589,6 +765,9 @@ struct ReduceWindowNode<K, V> {
     inverse: Option<ReduceFn<V>>,
     length_ms: i64,
     slide_ms: i64,
+    buf: Vec<(K, V)>,
+    /// The current batch's per-key reduction so far.
+    current: HashMap<K, V, FxBuild>,
     /// Each batch's per-key reduction in `(T − length, T]`, oldest first, sorted by key.
     batches: VecDeque<(i64, Vec<(K, V)>)>,
     /// With an inverse: the window's running reduction and how many batches hold each key.
@@ -613,10 +792,19 @@ impl<K: Key, V: Data> ReduceWindowNode<K, V> {
 }
 
 impl<K: Key, V: Data> Node<(K, V)> for ReduceWindowNode<K, V> {
-    fn compute(&mut self, cx: &BatchCx<'_>) -> Option<Vec<(K, V)>> {
+    fn chunk(&mut self, cx: &BatchCx<'_>, _out: &mut Vec<(K, V)>) {
+        self.parent.chunk(cx, &mut self.buf);
+        if !self.buf.is_empty() {
+            reduce_into(&mut self.current, self.buf.drain(..), &self.f);
+        }
+    }
+    fn finish(&mut self, cx: &BatchCx<'_>, out: &mut Vec<(K, V)>) -> bool {
         let t = cx.time_ms;
-        if let Some(v) = self.parent.compute(cx) {
-            let reduced = sorted(reduce_into(HashMap::new(), v, &self.f));
+        let has = self.parent.finish(cx, &mut self.buf);
+        reduce_into(&mut self.current, self.buf.drain(..), &self.f);
+        let current = std::mem::take(&mut self.current);
+        if has {
+            let reduced = sorted(current);
             if self.inverse.is_some() {
                 self.add_running(&reduced);
             }
@@ -641,24 +829,23 @@ impl<K: Key, V: Data> Node<(K, V)> for ReduceWindowNode<K, V> {
             }
         }
         if t.rem_euclid(self.slide_ms) != 0 {
-            return None;
+            return false;
         }
         if self.inverse.is_some() {
-            let mut out: Vec<(K, V)> = self
+            let mut v: Vec<(K, V)> = self
                 .running
                 .iter()
                 .map(|(k, (v, _))| (k.clone(), v.clone()))
                 .collect();
-            out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            Some(out)
+            v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            out.extend(v);
         } else {
-            let all: Vec<(K, V)> = self
-                .batches
-                .iter()
-                .flat_map(|(_, v)| v.iter().cloned())
-                .collect();
-            Some(sorted(reduce_into(HashMap::new(), all, &self.f)))
+            let mut m: HashMap<K, V, FxBuild> = HashMap::default();
+            let all = self.batches.iter().flat_map(|(_, v)| v.iter().cloned());
+            reduce_into(&mut m, all, &self.f);
+            out.extend(sorted(m));
         }
+        true
     }
     fn visit_state(&mut self, f: &mut dyn FnMut(&mut dyn StateNode)) {
         self.parent.visit_state(f);
@@ -701,15 +888,31 @@ type UpdateFn<K, V, S> = Box<dyn FnMut(&K, Vec<V>, Option<S>) -> Option<S> + Sen
 struct UpdateStateNode<K, V, S> {
     parent: Box<dyn Node<(K, V)>>,
     f: UpdateFn<K, V, S>,
+    buf: Vec<(K, V)>,
+    /// The current batch's values per key so far (`f` takes them all at once).
+    grouped: HashMap<K, Vec<V>>,
     state: HashMap<K, S>,
 }
 
-impl<K: Key, V: Send + 'static, S: Data> Node<(K, S)> for UpdateStateNode<K, V, S> {
-    fn compute(&mut self, cx: &BatchCx<'_>) -> Option<Vec<(K, S)>> {
-        let mut grouped: HashMap<K, Vec<V>> = HashMap::new();
-        for (k, v) in self.parent.compute(cx).unwrap_or_default() {
-            grouped.entry(k).or_default().push(v);
+impl<K: Key, V: Send + 'static, S: Data> UpdateStateNode<K, V, S> {
+    fn group(&mut self) {
+        for (k, v) in self.buf.drain(..) {
+            self.grouped.entry(k).or_default().push(v);
         }
+    }
+}
+
+impl<K: Key, V: Send + 'static, S: Data> Node<(K, S)> for UpdateStateNode<K, V, S> {
+    fn chunk(&mut self, cx: &BatchCx<'_>, _out: &mut Vec<(K, S)>) {
+        self.parent.chunk(cx, &mut self.buf);
+        self.group();
+    }
+    fn finish(&mut self, cx: &BatchCx<'_>, out: &mut Vec<(K, S)>) -> bool {
+        // Runs every batch, also when the parent has no result (a window between slides):
+        // state may change with no new values.
+        self.parent.finish(cx, &mut self.buf);
+        self.group();
+        let mut grouped = std::mem::take(&mut self.grouped);
         let old = std::mem::take(&mut self.state);
         let mut next = HashMap::with_capacity(old.len());
         for (k, s) in old {
@@ -724,13 +927,14 @@ impl<K: Key, V: Send + 'static, S: Data> Node<(K, S)> for UpdateStateNode<K, V, 
             }
         }
         self.state = next;
-        let mut out: Vec<(K, S)> = self
+        let mut v: Vec<(K, S)> = self
             .state
             .iter()
             .map(|(k, s)| (k.clone(), s.clone()))
             .collect();
-        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        Some(out)
+        v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        out.extend(v);
+        true
     }
     fn visit_state(&mut self, f: &mut dyn FnMut(&mut dyn StateNode)) {
         self.parent.visit_state(f);

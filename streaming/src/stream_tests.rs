@@ -7,7 +7,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use weir_core::Event;
 
-use crate::stream::{BatchCx, EventStream, Stream};
+use crate::stream::{compute_chunks, EventStream, Stream};
 
 const B: i64 = 1000;
 
@@ -34,9 +34,14 @@ fn run<T: Send + 'static>(
             s.node
                 .visit_state(&mut |n| n.load(it.next().unwrap()).unwrap());
         }
-        let slices: Vec<Vec<&[Event]>> = vec![vec![&batch[..]]];
-        let cx = BatchCx::new((i as i64 + 1) * B, B, &slices);
-        out.push(s.node.compute(&cx));
+        // Batches arrive in chunks of 1 to 4 events (varying by batch), as the job takes them.
+        let chunks: Vec<(usize, &[Event])> = batch.chunks(1 + i % 4).map(|c| (0, c)).collect();
+        out.push(compute_chunks(
+            s.node.as_mut(),
+            (i as i64 + 1) * B,
+            B,
+            &chunks,
+        ));
     }
     out
 }
@@ -137,30 +142,28 @@ fn basic_operators() {
         Event::new("b 2"),
         Event::new("a 3"),
     ]];
-    let got = run(
-        &|| {
-            let left = EventStream::input(0)
-                .filter(|e| e.body[0] == b'a')
-                .map(|e| String::from_utf8_lossy(&e.body).into_owned());
-            let right = EventStream::input(0)
-                .flat_map(|e| {
-                    e.body
-                        .split(|b| *b == b' ')
-                        .map(|s| s.to_vec())
-                        .collect::<Vec<_>>()
-                })
-                .map(|v| String::from_utf8(v).unwrap())
-                .filter(|s| s.len() == 1 && s.as_bytes()[0].is_ascii_digit());
-            left.union(right).transform(|t, mut v| {
-                v.push(format!("t={t}"));
-                v
-            })
-        },
-        &batches,
-        usize::MAX,
-    );
+    // The same events on two inputs, each in two chunks, as the job reads them: input 0's
+    // chunks, then input 1's.
+    let left = EventStream::input(0)
+        .filter(|e| e.body[0] == b'a')
+        .map(|e| String::from_utf8_lossy(&e.body).into_owned());
+    let right = EventStream::input(1)
+        .flat_map(|e| {
+            e.body
+                .split(|b| *b == b' ')
+                .map(|s| s.to_vec())
+                .collect::<Vec<_>>()
+        })
+        .map(|v| String::from_utf8(v).unwrap())
+        .filter(|s| s.len() == 1 && s.as_bytes()[0].is_ascii_digit());
+    let mut s = left.union(right).transform(|t, mut v| {
+        v.push(format!("t={t}"));
+        v
+    });
+    let b = &batches[0];
+    let chunks = [(0, &b[..2]), (0, &b[2..]), (1, &b[..1]), (1, &b[1..])];
     assert_eq!(
-        got[0].clone().unwrap(),
+        compute_chunks(s.node.as_mut(), B, B, &chunks).unwrap(),
         vec!["a 1", "a 3", "1", "2", "3", "t=1000"]
     );
     let counts = run(

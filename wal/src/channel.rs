@@ -148,7 +148,9 @@ struct State {
     /// Every uncommitted seq at or past the cursor is available; those below it are either in
     /// an open transaction or in `redeliver`.
     cursor: u64,
-    redeliver: BTreeMap<u64, Event>,
+    /// Rolled-back events, ahead of the cursor; `None` when the transaction had released its
+    /// copy (read back from the log when taken again).
+    redeliver: BTreeMap<u64, Option<Event>>,
     held_events: u64,
     held_bytes: u64,
     cache_used: u64,
@@ -570,45 +572,62 @@ impl Channel for FileChannel {
         let mut st = lock(&inner.state);
         let mut seqs = Vec::new();
         let mut events = Vec::new();
+        // Hands back what was gathered so far so nothing is stranded.
+        let fail = |mut st: MutexGuard<'_, State>,
+                    seqs: Vec<u64>,
+                    events: Vec<Event>,
+                    source: io::Error| {
+            for (s, e) in seqs.into_iter().zip(events) {
+                st.redeliver.insert(s, Some(e));
+            }
+            TakeError::Io {
+                channel: inner.name.clone(),
+                source,
+            }
+        };
         while events.len() < max {
             let Some((seq, e)) = st.redeliver.pop_first() else {
                 break;
+            };
+            let e = match e {
+                Some(e) => e,
+                None => {
+                    // Rolled back by a transaction that had released its copy: read it again.
+                    let i = st.record_index(seq);
+                    let (back, found) = load_record(inner, &mut slot, st, i);
+                    st = back;
+                    match found {
+                        Ok(Some((first, evs))) => {
+                            match seq.checked_sub(first).and_then(|at| evs.get(at as usize)) {
+                                Some(e) => e.clone(),
+                                None => {
+                                    st.redeliver.insert(seq, None);
+                                    break;
+                                }
+                            }
+                        }
+                        Ok(None) => {
+                            st.redeliver.insert(seq, None);
+                            break;
+                        }
+                        Err(source) => {
+                            st.redeliver.insert(seq, None);
+                            return Err(fail(st, seqs, events, source));
+                        }
+                    }
+                }
             };
             seqs.push(seq);
             events.push(e);
         }
         while events.len() < max {
             let i = st.record_index(st.cursor);
-            let Some(r) = st.records.get(i) else { break };
-            let (first, cached, loc) = (r.first_seq, r.cache.clone(), (r.seg, r.offset, r.len));
-            let evs = match (cached, &*slot) {
-                (Some(c), _) => c,
-                (None, Some((f, c))) if *f == first => c.clone(),
-                (None, _) => {
-                    let Some(file) = st.files.get(&loc.0).cloned() else {
-                        break;
-                    };
-                    drop(st);
-                    let res = inner.read_record(file.as_ref(), loc);
-                    st = lock(&inner.state);
-                    match res {
-                        Ok(evs) => {
-                            let evs = Arc::new(evs);
-                            *slot = Some((first, evs.clone()));
-                            evs
-                        }
-                        Err(source) => {
-                            // Hand back what was gathered so far so nothing is stranded.
-                            for (s, e) in seqs.into_iter().zip(events) {
-                                st.redeliver.insert(s, e);
-                            }
-                            return Err(TakeError::Io {
-                                channel: inner.name.clone(),
-                                source,
-                            });
-                        }
-                    }
-                }
+            let (back, found) = load_record(inner, &mut slot, st, i);
+            st = back;
+            let (first, evs) = match found {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(source) => return Err(fail(st, seqs, events, source)),
             };
             let i = st.record_index(st.cursor);
             let cursor = st.cursor;
@@ -677,6 +696,49 @@ impl Channel for FileChannel {
     }
 }
 
+type RecordSlot = Option<(u64, Arc<Vec<Event>>)>;
+
+/// The decoded events of record `i` (with its first seq): from the put cache, the reader's
+/// slot (the last record read back), or read from disk with the state unlocked meanwhile.
+/// `Ok(None)` when there is no such record (or its file is gone).
+#[allow(clippy::type_complexity)]
+fn load_record<'g>(
+    inner: &'g Inner,
+    slot: &mut RecordSlot,
+    st: MutexGuard<'g, State>,
+    i: usize,
+) -> (
+    MutexGuard<'g, State>,
+    io::Result<Option<(u64, Arc<Vec<Event>>)>>,
+) {
+    let Some(r) = st.records.get(i) else {
+        return (st, Ok(None));
+    };
+    let (first, cached, loc) = (r.first_seq, r.cache.clone(), (r.seg, r.offset, r.len));
+    if let Some(c) = cached {
+        return (st, Ok(Some((first, c))));
+    }
+    if let Some((f, c)) = &*slot {
+        if *f == first {
+            return (st, Ok(Some((first, c.clone()))));
+        }
+    }
+    let Some(file) = st.files.get(&loc.0).cloned() else {
+        return (st, Ok(None));
+    };
+    drop(st);
+    let res = inner.read_record(file.as_ref(), loc);
+    let st = lock(&inner.state);
+    match res {
+        Ok(evs) => {
+            let evs = Arc::new(evs);
+            *slot = Some((first, evs.clone()));
+            (st, Ok(Some((first, evs))))
+        }
+        Err(e) => (st, Err(e)),
+    }
+}
+
 struct FileTake {
     inner: Arc<Inner>,
     seqs: Vec<u64>,
@@ -699,8 +761,15 @@ fn to_ranges(seqs: &[u64]) -> Vec<(u64, u64)> {
 fn put_back(inner: &Inner, seqs: &[u64], events: Vec<Event>) {
     {
         let mut st = lock(&inner.state);
-        for (s, e) in seqs.iter().zip(events) {
-            st.redeliver.insert(*s, e);
+        if events.len() == seqs.len() {
+            for (s, e) in seqs.iter().zip(events) {
+                st.redeliver.insert(*s, Some(e));
+            }
+        } else {
+            // Released: only the seqs go back; the next take reads them from the log again.
+            for s in seqs {
+                st.redeliver.insert(*s, None);
+            }
         }
     }
     inner.readable.notify_waiters();
@@ -747,6 +816,12 @@ impl TakeHandle for FileTake {
         if !self.seqs.is_empty() {
             put_back(&self.inner, &self.seqs, events);
         }
+    }
+
+    fn release(&mut self) -> bool {
+        // Every taken seq stays in a record kept until it is committed, so it can be read
+        // again; `put_back` sees the missing events.
+        true
     }
 }
 
