@@ -96,6 +96,7 @@
 //! ≤1.9 puts TLS outermost (`TCP → TLS → zlib`), Flume 1.10/1.11 put zlib outermost
 //! (`TCP → zlib → TLS`). They only differ when both are on; the default is ≤1.9's.
 
+pub mod budget;
 pub mod client;
 pub mod codec;
 pub mod datum;

@@ -9,14 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
+use weir_core::accept::{Accepted, Acceptor};
 use weir_core::metrics::{ComponentMetrics, MetricName};
 
+use crate::budget::InFlightBudget;
 use crate::ipfilter::IpFilter;
-use crate::server::{ConnectionInfo, Responder, RpcServer};
+use crate::server::{ConnectionInfo, Responder, RpcServer, ServerOptions};
 use crate::transport::ServerLayers;
 
 /// How [`serve`] accepts connections.
@@ -24,7 +25,8 @@ use crate::transport::ServerLayers;
 pub struct ListenerOptions {
     /// Flume's `ipFilterRules`; `None` accepts everyone.
     pub ip_filter: Option<IpFilter>,
-    /// Connections served at once; further ones are closed right after accept.
+    /// Connections served at once; further ones are closed right after accept (logged once
+    /// per interval).
     pub max_connections: usize,
     pub layers: ServerLayers,
     /// Max time for a new connection's TLS handshake.
@@ -41,6 +43,14 @@ pub struct ListenerSettings<'a> {
     pub compression_level: u32,
     pub layering: crate::transport::Layering,
     pub handshake_timeout: Duration,
+    /// Largest request pack of one connection.
+    pub max_frame_bytes: u64,
+    /// Request bytes read from all connections and not yet answered.
+    pub max_in_flight_bytes: u64,
+    /// Close a connection that sends no request for this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Close a connection that stops in the middle of a request for this long.
+    pub frame_timeout: Duration,
 }
 
 impl ListenerSettings<'_> {
@@ -63,7 +73,41 @@ impl ListenerSettings<'_> {
         if self.compression_level > 9 {
             problems.push(("compression_level", "must be 0 to 9".into()));
         }
+        if self.max_frame_bytes < 1024 {
+            problems.push(("max_frame_bytes", "must be at least 1KiB".into()));
+        }
+        if self.max_in_flight_bytes < self.max_frame_bytes {
+            problems.push((
+                "max_in_flight_bytes",
+                format!(
+                    "must be at least max_frame_bytes ({} bytes), or a request of that size could never be read",
+                    self.max_frame_bytes
+                ),
+            ));
+        }
+        if self.idle_timeout.is_some_and(|d| d.is_zero()) {
+            problems.push((
+                "idle_timeout",
+                "must be more than 0 (leave it out for none)".into(),
+            ));
+        }
+        if self.frame_timeout.is_zero() {
+            problems.push(("frame_timeout", "must be more than 0".into()));
+        }
         problems
+    }
+
+    /// The per-connection limits, with one in-flight budget for all connections of the
+    /// listener (call once per listener).
+    pub fn server_options(&self) -> ServerOptions {
+        let bytes = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        ServerOptions {
+            max_frame_bytes: bytes(self.max_frame_bytes),
+            idle_timeout: self.idle_timeout,
+            frame_timeout: self.frame_timeout,
+            in_flight: Some(InFlightBudget::new(bytes(self.max_in_flight_bytes))),
+            ..ServerOptions::default()
+        }
     }
 
     /// Ready-to-use options: filter parsed, TLS files loaded.
@@ -109,26 +153,21 @@ pub async fn serve<R: Responder + 'static>(
     let rejected = metrics.counter(MetricName::ConnectionsRejectedTotal);
     let open = metrics.gauge(MetricName::ConnectionsOpen);
     let errors = metrics.counter(MetricName::ErrorsTotal);
-    let slots = Arc::new(Semaphore::new(options.max_connections));
+    let mut acceptor = Acceptor::new(listener, options.max_connections, metrics);
     let options = Arc::new(options);
     let next_id = AtomicU64::new(1);
     let mut tasks = JoinSet::new();
     loop {
-        let (tcp, peer) = tokio::select! {
+        let Accepted {
+            stream: tcp,
+            peer,
+            slot: permit,
+        } = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             // Reap finished tasks so the set does not grow with the connection count.
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    errors.inc(1);
-                    warn!(message = "accept failed", error = %e);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            conn = acceptor.accept() => conn,
         };
         let local = tcp.local_addr().ok();
         if let Some(filter) = &options.ip_filter {
@@ -138,11 +177,6 @@ pub async fn serve<R: Responder + 'static>(
                 continue;
             }
         }
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            rejected.inc(1);
-            warn!(message = "connection refused: too many connections", %peer, limit = options.max_connections);
-            continue;
-        };
         accepted.inc(1);
         open.add(1);
         let conn = ConnectionInfo {
@@ -173,7 +207,7 @@ pub async fn serve<R: Responder + 'static>(
             .instrument(tracing::Span::current()),
         );
     }
-    drop(listener);
+    drop(acceptor);
     debug!(
         message = "listener stopped accepting; waiting for connections",
         open = tasks.len()

@@ -19,6 +19,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::budget::{Budgeted, InFlightBudget};
 use crate::codec::{
     FrameError, NettyFrameCodec, OutPack, DEFAULT_MAX_BUFFERS, DEFAULT_MAX_FRAME_BYTES,
 };
@@ -75,6 +76,9 @@ pub struct ServerOptions {
     /// Max distinct client protocols remembered by hash (protects memory from clients that
     /// send a new protocol text each time).
     pub max_cached_protocols: usize,
+    /// Shared by every connection of this server: request bytes read and not yet answered
+    /// (`None`: only `max_frame_bytes` per connection bounds them).
+    pub in_flight: Option<InFlightBudget>,
 }
 
 impl Default for ServerOptions {
@@ -87,6 +91,7 @@ impl Default for ServerOptions {
             write_timeout: Duration::from_secs(30),
             max_handshake_attempts: 3,
             max_cached_protocols: 64,
+            in_flight: None,
         }
     }
 }
@@ -250,7 +255,7 @@ impl RpcServer {
     {
         let o = &self.options;
         let mut framed = Framed::new(
-            stream,
+            Budgeted::new(stream, o.in_flight.as_ref()),
             NettyFrameCodec::new(o.max_frame_bytes, o.max_buffers),
         );
         // The peer's protocol, once a handshake succeeded (BOTH/CLIENT).
@@ -258,6 +263,10 @@ impl RpcServer {
         let mut none_replies = 0u32;
 
         loop {
+            // The previous request was answered: only what is buffered of the next one stays
+            // charged to the listener's in-flight budget.
+            let buffered = framed.read_buffer().len();
+            framed.get_mut().release_to(buffered);
             let pack = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),

@@ -6,6 +6,7 @@
 //! The ack point of the whole agent is [`Channel::put`]: a source answers its client only after
 //! `put` returned `Ok` for every channel the batch was routed to.
 
+pub mod accept;
 pub mod channel;
 pub mod component;
 pub mod event;

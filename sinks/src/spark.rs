@@ -30,10 +30,12 @@ use tracing::{debug, info, warn};
 use weir_avro_rpc::datum::{self, Reader};
 use weir_avro_rpc::listener::{self, ListenerSettings};
 use weir_avro_rpc::protocol::Protocol;
-use weir_avro_rpc::server::{ConnectionInfo, Responder, RpcServer, ServerOptions};
+use weir_avro_rpc::server::{ConnectionInfo, Responder, RpcServer};
 use weir_avro_rpc::transport::{Compression, Layering, TlsServerSettings};
 use weir_core::metrics::{Counter, MetricName};
-use weir_core::{Channel, ComponentError, ConfigDuration, Sink, SinkContext, TakeTransaction};
+use weir_core::{
+    ByteSize, Channel, ComponentError, ConfigDuration, Sink, SinkContext, TakeTransaction,
+};
 
 /// What Spark's sink answers when stopped.
 pub const STOPPED: &str = "Spark sink has been stopped!";
@@ -70,6 +72,21 @@ pub struct SparkSinkConfig {
     /// Flume's `ipFilterRules` syntax; unset = accept all.
     #[serde(default)]
     pub ip_filter: Option<String>,
+    /// Largest accepted request pack (pollers send small ones); a larger one closes its
+    /// connection before any of it is buffered.
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: ByteSize,
+    /// Request bytes read from all poller connections and not yet answered; when spent,
+    /// connections wait before reading more (at least `max_frame_bytes`).
+    #[serde(default = "default_max_in_flight_bytes")]
+    pub max_in_flight_bytes: ByteSize,
+    /// Close a poller connection that sends no request for this long. Unset = never: Spark's
+    /// pollers keep their connections between polls.
+    #[serde(default)]
+    pub idle_timeout: Option<ConfigDuration>,
+    /// Close a connection that stops in the middle of a request for this long.
+    #[serde(default = "default_frame_timeout")]
+    pub frame_timeout: ConfigDuration,
 }
 
 const fn default_threads() -> usize {
@@ -87,6 +104,15 @@ const fn default_max_batch() -> usize {
 const fn default_max_connections() -> usize {
     64
 }
+const fn default_max_frame_bytes() -> ByteSize {
+    ByteSize(1024 * 1024)
+}
+const fn default_max_in_flight_bytes() -> ByteSize {
+    ByteSize(16 * 1024 * 1024)
+}
+const fn default_frame_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(30)
+}
 
 impl SparkSinkConfig {
     pub fn from_address(bind: SocketAddr) -> Self {
@@ -100,6 +126,10 @@ impl SparkSinkConfig {
             tls: None,
             compression: Compression::None,
             ip_filter: None,
+            max_frame_bytes: default_max_frame_bytes(),
+            max_in_flight_bytes: default_max_in_flight_bytes(),
+            idle_timeout: None,
+            frame_timeout: default_frame_timeout(),
         }
     }
 
@@ -123,7 +153,11 @@ impl SparkSinkConfig {
             compression: self.compression,
             compression_level: 6,
             layering: Layering::default(),
-            handshake_timeout: Duration::from_secs(30),
+            handshake_timeout: self.frame_timeout.0,
+            max_frame_bytes: self.max_frame_bytes.0,
+            max_in_flight_bytes: self.max_in_flight_bytes.0,
+            idle_timeout: self.idle_timeout.map(Duration::from),
+            frame_timeout: self.frame_timeout.0,
         }
     }
 
@@ -380,7 +414,10 @@ impl Sink for SparkSink {
             }),
             config: cfg.clone(),
         });
-        let server = Arc::new(RpcServer::new(Protocol::spark(), ServerOptions::default()));
+        let server = Arc::new(RpcServer::new(
+            Protocol::spark(),
+            cfg.listener().server_options(),
+        ));
         // Waiting getEventBatch calls answer "stopped" as soon as the sink stops, so their
         // connections reach a pack boundary and close.
         let stop_calls = {

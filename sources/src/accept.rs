@@ -1,22 +1,22 @@
 //! The accept loop of the line-oriented TCP sources (`tcp`, `syslog` over TCP): a connection
-//! limit, one task per connection in the source's span, counted and logged the same way, and
-//! an orderly stop that waits for every connection to finish its batch.
+//! limit and accept-error backoff ([`Acceptor`]), one task per connection in the source's
+//! span, counted and logged the same way, and an orderly stop that waits for every connection
+//! to finish its batch.
 
 use std::fmt::Display;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn, Instrument};
+use weir_core::accept::{Accepted, Acceptor};
 use weir_core::metrics::{ComponentMetrics, MetricName};
 
 /// Accepts until `shutdown`, runs `serve` for each connection (at most `max_connections` at
-/// once; further ones are closed at accept and logged), then waits for the running ones.
+/// once; further ones are closed at accept, logged once per interval), then waits for the
+/// running ones.
 pub async fn serve_connections<F, Fut, E>(
     listener: TcpListener,
     max_connections: usize,
@@ -29,29 +29,18 @@ pub async fn serve_connections<F, Fut, E>(
     E: Display,
 {
     let accepted = metrics.counter(MetricName::ConnectionsAcceptedTotal);
-    let rejected = metrics.counter(MetricName::ConnectionsRejectedTotal);
     let errors = metrics.counter(MetricName::ErrorsTotal);
     let open = metrics.gauge(MetricName::ConnectionsOpen);
-    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut acceptor = Acceptor::new(listener, max_connections, metrics);
     let tracker = TaskTracker::new();
     loop {
-        let (stream, peer) = tokio::select! {
+        let Accepted {
+            stream,
+            peer,
+            slot: permit,
+        } = tokio::select! {
             _ = shutdown.cancelled() => break,
-            res = listener.accept() => match res {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // EMFILE and friends: wait instead of spinning; the listener is fine.
-                    warn!(message = "accept failed", error = %e);
-                    errors.inc(1);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            rejected.inc(1);
-            warn!(message = "connection refused: too many connections", %peer, max_connections);
-            continue;
+            conn = acceptor.accept() => conn,
         };
         accepted.inc(1);
         let _ = stream.set_nodelay(true);
@@ -74,7 +63,7 @@ pub async fn serve_connections<F, Fut, E>(
             .instrument(tracing::info_span!("connection", %peer)),
         );
     }
-    drop(listener);
+    drop(acceptor);
     tracker.close();
     tracker.wait().await;
 }

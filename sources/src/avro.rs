@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use weir_avro_rpc::datum::{decode_event, decode_events, Status};
 use weir_avro_rpc::listener::{self, ListenerSettings};
 use weir_avro_rpc::protocol::Protocol;
-use weir_avro_rpc::server::{ConnectionInfo, Responder, RpcServer, ServerOptions};
+use weir_avro_rpc::server::{ConnectionInfo, Responder, RpcServer};
 use weir_avro_rpc::transport::{Compression, Layering, TlsServerSettings};
 use weir_core::metrics::{ComponentMetrics, Counter, MetricName};
 use weir_core::{
@@ -57,6 +57,10 @@ pub struct AvroSourceConfig {
     /// buffered.
     #[serde(default = "default_max_frame_bytes")]
     pub max_frame_bytes: ByteSize,
+    /// Request bytes read from all connections and not yet answered; when spent, connections
+    /// wait before reading more (at least `max_frame_bytes`).
+    #[serde(default = "default_max_in_flight_bytes")]
+    pub max_in_flight_bytes: ByteSize,
     /// Close a connection that sends no request for this long. Unset = never, like Flume:
     /// Flume sinks keep their connection open between batches.
     #[serde(default)]
@@ -75,6 +79,9 @@ const fn default_max_connections() -> usize {
 const fn default_max_frame_bytes() -> ByteSize {
     ByteSize(64 * 1024 * 1024)
 }
+const fn default_max_in_flight_bytes() -> ByteSize {
+    ByteSize(256 * 1024 * 1024)
+}
 const fn default_frame_timeout() -> ConfigDuration {
     ConfigDuration::from_secs(30)
 }
@@ -90,6 +97,7 @@ impl AvroSourceConfig {
             ip_filter: None,
             max_connections: default_max_connections(),
             max_frame_bytes: default_max_frame_bytes(),
+            max_in_flight_bytes: default_max_in_flight_bytes(),
             idle_timeout: None,
             frame_timeout: default_frame_timeout(),
         }
@@ -104,6 +112,10 @@ impl AvroSourceConfig {
             compression_level: self.compression_level,
             layering: self.layering,
             handshake_timeout: self.frame_timeout.0,
+            max_frame_bytes: self.max_frame_bytes.0,
+            max_in_flight_bytes: self.max_in_flight_bytes.0,
+            idle_timeout: self.idle_timeout.map(Duration::from),
+            frame_timeout: self.frame_timeout.0,
         }
     }
 
@@ -209,12 +221,7 @@ impl Source for AvroSource {
         cx.ready.set();
         let server = Arc::new(RpcServer::new(
             Protocol::flume(),
-            ServerOptions {
-                max_frame_bytes: usize::try_from(cfg.max_frame_bytes.0).unwrap_or(usize::MAX),
-                idle_timeout: cfg.idle_timeout.map(Duration::from),
-                frame_timeout: cfg.frame_timeout.0,
-                ..ServerOptions::default()
-            },
+            cfg.listener().server_options(),
         ));
         let responder = Arc::new(FlumeResponder {
             output: cx.output.clone(),
