@@ -153,7 +153,15 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
     let http = root
         .remove("http")
         .and_then(|v| match deserialize::<HttpConfig>(v) {
-            Ok(h) => Some(h),
+            Ok(h) => {
+                for (key, message) in h.check() {
+                    errors.push(ConfigError {
+                        path: format!("http.{key}"),
+                        message,
+                    });
+                }
+                Some(h)
+            }
             Err(e) => {
                 errors.push(located("http", e));
                 None

@@ -9,8 +9,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -18,10 +20,14 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
-use weir_core::metrics::{MetricName, Registry, Sample};
-use weir_core::{Channel, Ready};
+use weir_core::accept::{Accepted, Acceptor, IdleTimeout};
+use weir_core::metrics::{ComponentMetrics, MetricName, Registry, Sample};
+use weir_core::{Channel, ConfigDuration, Ready};
 use weir_streaming::{BatchInfo, DelayHistogram, DelayHistograms, JobMetrics, DELAY_BUCKETS_MS};
 
 /// `[http]`.
@@ -30,6 +36,99 @@ use weir_streaming::{BatchInfo, DelayHistogram, DelayHistograms, JobMetrics, DEL
 pub struct HttpConfig {
     /// Address of the status server, e.g. `"127.0.0.1:8080"`; port 0 picks one (logged).
     pub bind: SocketAddr,
+    /// Most connections served at once; further ones are closed at accept (logged once per
+    /// interval).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A connection that moves no byte either way for this long is closed (a scraper between
+    /// scrapes, a client that connected and went away).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: ConfigDuration,
+}
+
+const fn default_max_connections() -> usize {
+    1024
+}
+const fn default_idle_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(60)
+}
+
+impl HttpConfig {
+    pub fn from_address(bind: SocketAddr) -> Self {
+        HttpConfig {
+            bind,
+            max_connections: default_max_connections(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+
+    /// Settings that deserialize but make no sense, with the key they belong to.
+    pub fn check(&self) -> Vec<(&'static str, String)> {
+        let mut errors = Vec::new();
+        if self.max_connections == 0 {
+            errors.push(("max_connections", "must be at least 1".into()));
+        }
+        if self.idle_timeout.0.is_zero() {
+            errors.push(("idle_timeout", "must be more than 0".into()));
+        }
+        errors
+    }
+}
+
+/// The status server's connections: within `max_connections`, each closed when idle.
+struct LimitedListener {
+    acceptor: Acceptor,
+    idle_timeout: Duration,
+}
+
+/// A connection and its place under `max_connections`, freed when the connection ends.
+struct LimitedConnection {
+    io: IdleTimeout<TcpStream>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl axum::serve::Listener for LimitedListener {
+    type Io = LimitedConnection;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let Accepted { stream, peer, slot } = self.acceptor.accept().await;
+        let _ = stream.set_nodelay(true);
+        let io = IdleTimeout::new(stream, self.idle_timeout);
+        (LimitedConnection { io, _slot: slot }, peer)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.acceptor.local_addr()
+    }
+}
+
+impl AsyncRead for LimitedConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LimitedConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// What the endpoints read.
@@ -95,7 +194,17 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("http.bind: cannot listen on {}: {e}", config.bind))?;
     let addr = listener.local_addr()?;
-    info!(message = "http status server listening", %addr);
+    info!(
+        message = "http status server listening",
+        %addr,
+        max_connections = config.max_connections,
+        idle_timeout = %config.idle_timeout,
+    );
+    let metrics = ComponentMetrics::new(state.registry.clone(), "http", "http");
+    let listener = LimitedListener {
+        acceptor: Acceptor::new(listener, config.max_connections, &metrics),
+        idle_timeout: config.idle_timeout.0,
+    };
     ready.set();
     let app = Router::new()
         .route("/health", get(health))

@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod logging;
 pub mod poll;
 pub mod send;
+pub mod startup;
 pub mod systemd;
 pub mod top;
 pub mod topology;

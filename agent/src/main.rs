@@ -206,6 +206,10 @@ fn report(errors: &ConfigErrors) -> ExitCode {
 }
 
 fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    weir::startup::raise_open_files_limit();
+    if weir::startup::uses_data_dir(&config) {
+        weir::startup::check_data_dir(&config.agent.data_dir)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

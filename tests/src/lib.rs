@@ -360,3 +360,39 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
+
+/// Raises this process's open-files soft limit to its hard limit (with `prlimit(1)`, so no
+/// `unsafe` here) and returns the soft limit now in force.
+pub fn raise_open_files_limit() -> u64 {
+    let pid = std::process::id().to_string();
+    let read = |which: &str| -> u64 {
+        let out = Command::new("prlimit")
+            .args([
+                "--pid",
+                &pid,
+                "--nofile",
+                "--raw",
+                "--noheadings",
+                "--output",
+            ])
+            .arg(which)
+            .output()
+            .expect("prlimit (util-linux)");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(u64::MAX)
+    };
+    let hard = read("HARD");
+    let status = Command::new("prlimit")
+        .args(["--pid", &pid, &format!("--nofile={hard}:{hard}")])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(status.success(), "prlimit could not raise the soft limit");
+    read("SOFT")
+}
+
+/// How many file descriptors a process has open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
