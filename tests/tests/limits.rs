@@ -550,3 +550,123 @@ channel = "c"
     );
     assert!(!agent.logged("listening"), "nothing starts: {stderr}");
 }
+
+/// Sets a running process's open-files soft limit (its hard limit stays).
+fn set_open_files_limit(pid: u32, soft: usize) {
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:")])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(status.success(), "prlimit --pid {pid} --nofile={soft}:");
+}
+
+/// A process's open-files soft limit, from `/proc/PID/limits`.
+fn open_files_limit(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(1024)
+}
+
+/// CPU time a process used so far, in clock ticks (utime + stime of `/proc/PID/stat`).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command name.
+    fields
+        .get(11..13)
+        .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+}
+
+#[test]
+fn running_out_of_file_descriptors_is_logged_once_backed_off_and_survived() {
+    let agent = Agent::start(&config("", ""));
+    let mut clients = Clients::of(&agent);
+    clients.serve_each("before");
+    let pid = agent.pid();
+    let original = open_files_limit(pid);
+    set_open_files_limit(pid, open_fds(pid) + 10);
+    // More connections than descriptors left: the rest wait in the kernel's backlog while
+    // accept fails with EMFILE.
+    let idle = idle_connections(clients.tcp, 30);
+    let text = "accept failed: out of file descriptors (EMFILE/ENFILE); backing off";
+    wait_until(SECS, "the EMFILE log line", || {
+        logged_by(&agent, "tcp", text) > 0
+    });
+    // Out of descriptors for 3 s: one log line, and a backoff (10 ms doubling to 1 s), not a
+    // spin — a spinning accept loop would burn a whole core (300 ticks of 10 ms).
+    let before = cpu_ticks(pid);
+    thread::sleep(Duration::from_secs(3));
+    let used = cpu_ticks(pid) - before;
+    assert!(
+        used < 100,
+        "{used} ticks of CPU in 3 s while out of descriptors"
+    );
+    assert_eq!(
+        logged_by(&agent, "tcp", text),
+        1,
+        "logged once per interval"
+    );
+    // Descriptors come back: the backlog is accepted and every listener serves again.
+    set_open_files_limit(pid, original);
+    drop(idle);
+    clients.serve_each("after");
+    clients.check_nothing_lost();
+}
+
+#[test]
+fn a_spent_in_flight_budget_stops_reading_until_requests_give_bytes_back() {
+    let agent = Agent::start(&config("", "").replace(
+        "max_in_flight_bytes = \"1MiB\"",
+        "max_in_flight_bytes = \"64KiB\"\nframe_timeout = \"3s\"",
+    ));
+    let mut clients = Clients::of(&agent);
+    // Two clients send 56 KiB of 60 KiB requests and stall: 112 KiB against a 64 KiB budget.
+    let hogs_started = Instant::now();
+    let hogs: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(clients.avro).unwrap();
+            let mut part = vec![0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0xf0, 0];
+            part.extend_from_slice(&[b'h'; 56 * 1024]);
+            s.write_all(&part).unwrap();
+            s
+        })
+        .collect();
+    let exhausted = "in-flight bytes budget exhausted; connections wait before reading more";
+    wait_until(SECS, "the budget log line", || {
+        logged_by(&agent, "avro", exhausted) > 0
+    });
+    // A request that fits in one read is still served (each connection may overdraw the
+    // budget by one 8 KiB read)...
+    let started = Instant::now();
+    clients.send_avro("small-while-spent").unwrap();
+    assert!(started.elapsed() < PROMPT, "{:?}", started.elapsed());
+    // ...a 30 KB one waits until the stalled requests are closed at frame_timeout and their
+    // bytes come back.
+    let stalled = || {
+        agent
+            .logs()
+            .iter()
+            .filter(|v| component(v) == "avro" && v["error_type"] == "stalled_mid_frame")
+            .count()
+    };
+    let big = "b".repeat(30_000);
+    clients.send_avro(&big).unwrap();
+    assert!(
+        hogs_started.elapsed() >= Duration::from_secs(2),
+        "the 30 KB request was read before the stalled ones could have been closed"
+    );
+    for mut hog in hogs {
+        assert!(
+            closed_by_agent(&mut hog),
+            "a stalled request was not closed"
+        );
+    }
+    wait_until(SECS, "both stalled requests closed", || stalled() == 2);
+    clients.serve_each("after");
+    clients.check_nothing_lost();
+}
