@@ -24,7 +24,7 @@ use bytes::Bytes;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::Producer;
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use serde::Deserialize;
 use tokio::sync::Notify;
@@ -36,7 +36,10 @@ use weir_core::{
     TakeTransaction,
 };
 
-use crate::client::{check_common, client_config, flume_headers, kafka_headers, InFlight};
+use crate::client::{
+    ack_producer, check_common, client_config, flume_headers, kafka_headers, AckProducer, InFlight,
+    Record,
+};
 use crate::sink::Compression;
 
 /// `[channels.NAME] type = "kafka"`.
@@ -120,7 +123,7 @@ impl KafkaChannelConfig {
         all
     }
 
-    fn producer(&self) -> Result<FutureProducer, KafkaError> {
+    fn producer(&self) -> Result<AckProducer, KafkaError> {
         let defaults = [
             ("acks", "all".to_string()),
             ("enable.idempotence", "true".to_string()),
@@ -131,12 +134,11 @@ impl KafkaChannelConfig {
                 self.delivery_timeout.0.as_millis().to_string(),
             ),
         ];
-        client_config(
+        ack_producer(&client_config(
             &self.brokers,
             &defaults,
             &self.properties(&self.producer_properties),
-        )
-        .create()
+        ))
     }
 
     fn consumer(&self, group: &str, lag: Arc<AtomicU64>) -> Result<ChannelConsumer, KafkaError> {
@@ -227,7 +229,7 @@ struct Inner {
     name: String,
     config: KafkaChannelConfig,
     /// Replaced when an idempotent producer hits a fatal error (it cannot continue).
-    producer: Mutex<Arc<FutureProducer>>,
+    producer: Mutex<Arc<AckProducer>>,
     consumer: Arc<ChannelConsumer>,
     state: Mutex<State>,
     readable: Notify,
@@ -243,15 +245,15 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn producer(&self) -> Arc<FutureProducer> {
+    fn producer(&self) -> Arc<AckProducer> {
         self.producer
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    fn record<'a>(&'a self, event: &'a Event, value: &'a [u8]) -> FutureRecord<'a, [u8], [u8]> {
-        let mut record = FutureRecord::to(&self.config.topic).payload(value);
+    fn record<'a>(&'a self, batch: &InFlight, event: &'a Event, value: &'a [u8]) -> Record<'a> {
+        let mut record = batch.record(&self.config.topic).payload(value);
         if let Some(key) = event.headers.get(KEY_HEADER) {
             record = record.key(key.as_bytes());
         }
@@ -370,15 +372,13 @@ impl Channel for KafkaChannel {
             events.iter().map(|e| e.body.clone()).collect()
         };
         let producer = inner.producer();
+        let batch = InFlight::new();
         let records = events
             .iter()
             .zip(&values)
-            .map(|(e, v)| inner.record(e, v))
+            .map(|(e, v)| inner.record(&batch, e, v))
             .collect();
-        let result = InFlight::send(&producer, records)
-            .await
-            .acknowledged()
-            .await;
+        let result = batch.send(&producer, records).await.acknowledged().await;
         if let Err(e) = result {
             if producer.client().fatal_error().is_some() {
                 match inner.config.producer() {

@@ -3,12 +3,15 @@
 //! weir's own defaults so they can override any of them.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedHeaders, Header, Headers as _, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext};
+use tokio::sync::Notify;
 use weir_core::Headers;
 
 /// Builds a librdkafka configuration: `bootstrap.servers`, then `defaults`, then the
@@ -76,63 +79,119 @@ pub(crate) fn flume_headers(headers: Option<&BorrowedHeaders>) -> Headers {
 pub enum DeliveryError {
     #[error("record not acknowledged: {0}")]
     Kafka(#[from] KafkaError),
-    #[error("the producer dropped a record")]
-    Canceled,
 }
+
+/// The acknowledgements one batch still waits for. Counting per batch (instead of a future
+/// per record) costs one atomic per record and one wake-up per batch.
+pub struct Acks {
+    /// Records not yet acknowledged, plus one while records are still being handed over.
+    remaining: AtomicUsize,
+    failure: Mutex<Option<KafkaError>>,
+    done: Notify,
+}
+
+impl Acks {
+    fn settle(&self, n: usize) {
+        if self.remaining.fetch_sub(n, Ordering::AcqRel) == n {
+            // notify_one keeps a permit if nobody waits yet.
+            self.done.notify_one();
+        }
+    }
+}
+
+/// Routes each record's delivery report to its batch's [`Acks`].
+pub struct AckContext;
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Arc<Acks>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, acks: Arc<Acks>) {
+        if let Err((e, _)) = result {
+            acks.failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(|| e.clone());
+        }
+        acks.settle(1);
+    }
+}
+
+/// The producer of the sink and the channel: librdkafka's own thread serves its delivery
+/// reports.
+pub type AckProducer = ThreadedProducer<AckContext>;
+
+pub fn ack_producer(config: &ClientConfig) -> Result<AckProducer, KafkaError> {
+    config.create_with_context(AckContext)
+}
+
+/// A record of a batch, before it is handed to librdkafka.
+pub type Record<'a> = BaseRecord<'a, [u8], [u8], Arc<Acks>>;
 
 /// Records handed to librdkafka and the acknowledgements still to come.
 pub(crate) struct InFlight {
-    pending: Vec<DeliveryFuture>,
-    /// A record librdkafka refused outright; the records before it are still awaited.
-    refused: Option<DeliveryError>,
+    acks: Arc<Acks>,
 }
 
 impl InFlight {
+    /// A new batch: build its records with [`InFlight::record`], then [`InFlight::send`].
+    pub(crate) fn new() -> InFlight {
+        InFlight {
+            acks: Arc::new(Acks {
+                remaining: AtomicUsize::new(1),
+                failure: Mutex::new(None),
+                done: Notify::new(),
+            }),
+        }
+    }
+
+    pub(crate) fn record<'a>(&self, topic: &'a str) -> Record<'a> {
+        BaseRecord::with_opaque_to(topic, self.acks.clone())
+    }
+
     /// Hands every record to the producer in order; a full librdkafka queue is waited out
-    /// (it drains as earlier records are acknowledged or time out), any other refusal stops.
-    pub(crate) async fn send<'a>(
-        producer: &FutureProducer,
-        records: Vec<FutureRecord<'a, [u8], [u8]>>,
-    ) -> InFlight {
-        let mut pending = Vec::with_capacity(records.len());
+    /// (it drains as earlier records are acknowledged or time out), any other refusal stops
+    /// (the records before it are still awaited).
+    pub(crate) async fn send(self, producer: &AckProducer, records: Vec<Record<'_>>) -> InFlight {
         for mut record in records {
+            self.acks.remaining.fetch_add(1, Ordering::AcqRel);
             loop {
-                match producer.send_result(record) {
-                    Ok(delivery) => {
-                        pending.push(delivery);
-                        break;
-                    }
+                match producer.send(record) {
+                    Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         record = back;
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                     Err((e, _)) => {
-                        return InFlight {
-                            pending,
-                            refused: Some(DeliveryError::Kafka(e)),
-                        };
+                        self.acks
+                            .failure
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(e);
+                        self.acks.settle(1);
+                        self.acks.settle(1);
+                        return self;
                     }
                 }
             }
         }
-        InFlight {
-            pending,
-            refused: None,
-        }
+        self.acks.settle(1);
+        self
     }
 
     /// Waits for every acknowledgement, also after a failure (so nothing is left in flight
     /// when the caller retries); the first failure is the result.
     pub(crate) async fn acknowledged(self) -> Result<(), DeliveryError> {
-        let mut failure = self.refused;
-        for delivery in self.pending {
-            let outcome = match delivery.await {
-                Ok(Ok(_)) => continue,
-                Ok(Err((e, _))) => DeliveryError::Kafka(e),
-                Err(_) => DeliveryError::Canceled,
-            };
-            failure.get_or_insert(outcome);
+        if self.acks.remaining.load(Ordering::Acquire) > 0 {
+            self.acks.done.notified().await;
         }
-        failure.map_or(Ok(()), Err)
+        let failure = self
+            .acks
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        failure.map_or(Ok(()), |e| Err(DeliveryError::Kafka(e)))
     }
 }

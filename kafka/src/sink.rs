@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::Producer;
 use serde::Deserialize;
 use tracing::{info, warn};
 use weir_core::component::Backoff;
@@ -20,7 +20,9 @@ use weir_core::{
     ComponentError, ConfigDuration, Event, Sink, SinkContext, TakeError, TakeTransaction,
 };
 
-use crate::client::{check_common, client_config, kafka_headers, InFlight};
+use crate::client::{
+    ack_producer, check_common, client_config, kafka_headers, AckProducer, InFlight, Record,
+};
 
 /// `[sinks.NAME] type = "kafka"`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -124,7 +126,7 @@ impl KafkaSinkConfig {
         }
     }
 
-    fn producer(&self) -> Result<FutureProducer, KafkaError> {
+    fn producer(&self) -> Result<AckProducer, KafkaError> {
         let defaults = [
             ("acks", "all".to_string()),
             ("enable.idempotence", "true".to_string()),
@@ -135,7 +137,7 @@ impl KafkaSinkConfig {
                 self.delivery_timeout.0.as_millis().to_string(),
             ),
         ];
-        client_config(&self.brokers, &defaults, &self.properties).create()
+        ack_producer(&client_config(&self.brokers, &defaults, &self.properties))
     }
 }
 
@@ -150,8 +152,8 @@ struct Pending {
 }
 
 impl KafkaSink {
-    fn record<'a>(&'a self, event: &'a Event) -> FutureRecord<'a, [u8], [u8]> {
-        let mut record = FutureRecord::to(&self.config.topic).payload(&event.body[..]);
+    fn record<'a>(&'a self, batch: &InFlight, event: &'a Event) -> Record<'a> {
+        let mut record = batch.record(&self.config.topic).payload(&event.body[..]);
         if let Some(key) = event.headers.get(&self.config.key_header) {
             record = record.key(key.as_bytes());
         }
@@ -194,8 +196,13 @@ impl Sink for KafkaSink {
             while !drained && pipeline.len() < self.config.max_batches_in_flight {
                 match self.next_batch(&cx, pipeline.len()).await? {
                     Some(txn) => {
-                        let records = txn.events().iter().map(|e| self.record(e)).collect();
-                        let delivery = InFlight::send(&producer, records).await;
+                        let batch = InFlight::new();
+                        let records: Vec<Record<'_>> = txn
+                            .events()
+                            .iter()
+                            .map(|e| self.record(&batch, e))
+                            .collect();
+                        let delivery = batch.send(&producer, records).await;
                         pipeline.push_back(Pending { txn, delivery });
                     }
                     // Nothing to take now: with batches in flight, take again after the
