@@ -149,6 +149,9 @@ impl KafkaChannelConfig {
             ("auto.offset.reset", "earliest".to_string()),
             // The source of the channel's fill (consumer lag).
             ("statistics.interval.ms", "1000".to_string()),
+            // A topic the first put creates, or partitions added later, are found this soon
+            // (librdkafka's default is 5 minutes).
+            ("topic.metadata.refresh.interval.ms", "10000".to_string()),
         ];
         let context = LagContext {
             topic: self.topic.clone(),

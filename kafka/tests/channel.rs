@@ -171,6 +171,16 @@ async fn put_take_commit_rollback_restart(parse_as_flume_event: bool) {
         committed.extend(txn.events().iter().map(number));
         txn.commit().await.unwrap();
     }
+    // Fill is the group's lag: 300 put, 150 committed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while channel.stats().events != 150 {
+        assert!(
+            Instant::now() < deadline,
+            "fill is {}, not the lag of 150",
+            channel.stats().events
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(100), channel.wait_for_events()).await;
+    }
     let open = take(&channel, 30).await;
     assert!(!open.is_empty());
     drop(open);
