@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use weir_tests::kafka::{confluent_python, Broker};
-use weir_tests::{send_lines, wait_until, weir, Agent};
+use weir_tests::{python, send_lines, wait_until, weir, Agent};
 
 #[test]
 fn kcat_to_confluent_kafka_through_noida_db() {
@@ -313,6 +313,49 @@ fn committed_sum(broker: &Broker, group: &str, topic: &str, partitions: u32) -> 
     )
 }
 
+/// Flume's `AvroFlumeEvent` schema for python3-avro, as `schema`.
+const FLUME_EVENT_SCHEMA: &str = "import avro.schema, avro.io\n\
+    schema = avro.schema.parse('{\"type\": \"record\", \"name\": \"AvroFlumeEvent\", \
+    \"namespace\": \"org.apache.flume.source.avro\", \"fields\": [{\"name\": \"headers\", \
+    \"type\": {\"type\": \"map\", \"values\": \"string\"}}, {\"name\": \"body\", \"type\": \"bytes\"}]}')";
+
+/// The first `n` records of `topic` (in partition and offset order), read with
+/// confluent-kafka and decoded as whole `AvroFlumeEvent` datums with python3-avro:
+/// `k=v,k=v|body` per record (headers sorted).
+fn flume_events(broker: &Broker, topic: &str, n: usize) -> Vec<String> {
+    let script = format!(
+        "{FLUME_EVENT_SCHEMA}\n\
+         import io\n\
+         from confluent_kafka import Consumer\n\
+         c = Consumer({{'bootstrap.servers': '{}', 'group.id': 'flume-reader', \
+         'auto.offset.reset': 'earliest', 'enable.auto.commit': False}})\n\
+         c.subscribe(['{topic}'])\n\
+         got = []\n\
+         for _ in range(300):\n\
+         \x20   m = c.poll(0.2)\n\
+         \x20   if m is None or m.error() is not None: continue\n\
+         \x20   raw = io.BytesIO(m.value())\n\
+         \x20   e = avro.io.DatumReader(schema).read(avro.io.BinaryDecoder(raw))\n\
+         \x20   assert raw.read() == b'', 'trailing bytes after the datum'\n\
+         \x20   h = ','.join(k + '=' + v for k, v in sorted(e['headers'].items()))\n\
+         \x20   got.append((m.partition(), m.offset(), h + '|' + e['body'].decode()))\n\
+         \x20   if len(got) >= {n}: break\n\
+         c.close()\n\
+         print('\\n'.join(x[2] for x in sorted(got)))\n",
+        broker.bootstrap()
+    );
+    let out = python().args(["-c", &script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Bodies of console-sink lines (`… body: line N }`).
 fn console_bodies(lines: &[String]) -> Vec<String> {
     lines
@@ -372,6 +415,14 @@ fn kafka_channel_carries_avro_events_that_kcat_reads_across_a_restart() {
         );
     }
 
+    // Flume's KafkaChannel reads them: every value is exactly one AvroFlumeEvent datum
+    // (python3-avro with Flume's schema), with the headers sent.
+    let decoded = flume_events(&broker, "weir-queue", 200);
+    assert_eq!(decoded.len(), 200, "{decoded:?}");
+    for (i, line) in decoded.iter().enumerate() {
+        assert_eq!(line, &format!("key=k1,origin=test|line {i}"));
+    }
+
     let mut last = String::new();
     wait_until(
         Duration::from_secs(20),
@@ -388,9 +439,28 @@ fn kafka_channel_carries_avro_events_that_kcat_reads_across_a_restart() {
     let more: String = (200..250).map(|i| format!("line {i}\n")).collect();
     let (code, err) = send_lines(agent.listen_addr("in"), &more, &["--header", "key=k1"]);
     assert_eq!(code, 0, "{err}");
-    let out = agent.wait_stdout(50, Duration::from_secs(30));
+    // And weir reads what Flume's KafkaChannel writes: an AvroFlumeEvent value with headers.
+    let script = format!(
+        "{FLUME_EVENT_SCHEMA}\n\
+         import io\n\
+         from confluent_kafka import Producer\n\
+         buf = io.BytesIO()\n\
+         avro.io.DatumWriter(schema).write({{'headers': {{'from': 'flume'}}, 'body': b'line 250'}}, avro.io.BinaryEncoder(buf))\n\
+         p = Producer({{'bootstrap.servers': '{}', 'acks': 'all'}})\n\
+         p.produce('weir-queue', key=b'k1', value=buf.getvalue())\n\
+         assert p.flush(30) == 0\n",
+        broker.bootstrap()
+    );
+    let written = python().args(["-c", &script]).output().unwrap();
+    assert!(
+        written.status.success(),
+        "{}",
+        String::from_utf8_lossy(&written.stderr)
+    );
+    let out = agent.wait_stdout(51, Duration::from_secs(30));
+    assert!(out[50].contains("from=flume"), "{}", out[50]);
     std::thread::sleep(Duration::from_millis(500));
-    let want: Vec<String> = (200..250).map(|i| format!("line {i}")).collect();
+    let want: Vec<String> = (200..251).map(|i| format!("line {i}")).collect();
     assert_eq!(
         console_bodies(&agent.stdout_lines()),
         want,
