@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use weir_core::ComponentError;
 use weir_core::{Channel, MemoryChannel, MemoryChannelConfig, Sink, Source};
 use weir_kafka::channel::{KafkaChannel, KafkaChannelConfig};
+use weir_kafka::direct::KafkaDirectConfig;
 use weir_kafka::sink::KafkaSinkConfig;
 use weir_kafka::source::KafkaSourceConfig;
 use weir_sinks::avro::AvroSinkConfig;
@@ -42,6 +43,12 @@ macro_rules! parse_checked {
 
 /// Deserializes a component table, reporting the exact key that failed.
 pub fn deserialize<T: DeserializeOwned>(value: toml::Value) -> Result<T, FieldError> {
+    deserialize_from(value)
+}
+
+fn deserialize_from<'de, T: DeserializeOwned, D: serde::Deserializer<'de>>(
+    value: D,
+) -> Result<T, FieldError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let mut path = e.path().to_string();
         if path == "." {
@@ -50,6 +57,13 @@ pub fn deserialize<T: DeserializeOwned>(value: toml::Value) -> Result<T, FieldEr
         let message = e.inner().to_string().trim().to_string();
         FieldError { path, message }
     })
+}
+
+/// A job's `input = { kafka = … }` table (the streaming crate keeps it as JSON), checked.
+pub fn kafka_input(table: &serde_json::Value) -> Result<KafkaDirectConfig, FieldError> {
+    let c: KafkaDirectConfig = deserialize_from(table.clone())?;
+    let problems = c.check();
+    checked(c, problems)
 }
 
 fn unknown_type(kind: &str, known: &[&str]) -> FieldError {

@@ -284,6 +284,11 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
                 for channel in job.input_names() {
                     declared.consumers.push((at.clone(), channel));
                 }
+                for (key, table) in job.kafka_inputs() {
+                    if let Err(e) = crate::components::kafka_input(table) {
+                        errors.push(located(&format!("{at}.{key}"), e));
+                    }
+                }
                 jobs.insert(name, job);
             }
             Err(e) => errors.push(located(&at, e)),

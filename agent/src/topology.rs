@@ -19,7 +19,7 @@ use weir_core::{
     Channel, ChannelProcessor, ComponentError, Interceptor, Ready, SinkContext, SourceContext,
 };
 
-use weir_streaming::{BuildContext, JobMetrics};
+use weir_streaming::{BuildContext, JobInput, JobMetrics};
 
 use crate::config::Config;
 use crate::http::{Inventory, JobView, StatusState};
@@ -389,6 +389,12 @@ impl Topology {
                 .map(|c| self.channels[c].clone())
                 .collect();
             let config = job.clone();
+            // Checked when the config was loaded.
+            let kafka: Vec<_> = job
+                .kafka_inputs()
+                .into_iter()
+                .filter_map(|(_, table)| crate::components::kafka_input(table).ok())
+                .collect();
             let metrics = ComponentMetrics::new(self.registry.clone(), "job", id.clone());
             let stop = CancellationToken::new();
             let (id2, data_dir) = (id.clone(), self.config.agent.data_dir.clone());
@@ -411,7 +417,17 @@ impl Topology {
                         BuildContext::new(inputs.clone(), data_dir.clone(), cx_stop.clone());
                     cx.events_output = events_output.clone();
                     cx.metrics = Some(job_metrics.clone());
-                    let built = config.build(&id2, cx);
+                    let built = kafka
+                        .iter()
+                        .map(|k| {
+                            let input = k.build(config.batch_interval.0, cx_stop.clone())?;
+                            Ok(Box::new(input) as Box<dyn JobInput>)
+                        })
+                        .collect::<Result<Vec<_>, ComponentError>>()
+                        .and_then(|inputs| {
+                            cx.kafka_inputs = inputs;
+                            Ok(config.build(&id2, cx)?)
+                        });
                     async move { Ok(built?.run().await?) }
                 })
                 .instrument(span),

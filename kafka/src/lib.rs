@@ -4,5 +4,6 @@
 
 pub mod channel;
 pub mod client;
+pub mod direct;
 pub mod sink;
 pub mod source;

@@ -86,7 +86,7 @@ pub struct KafkaSource {
 
 /// A record as an event: the value is the body; Kafka record headers plus `topic`,
 /// `partition`, `offset`, `key` (when present, lossy UTF-8) and `timestamp` (ms).
-fn to_event(m: &BorrowedMessage<'_>) -> Event {
+pub(crate) fn to_event(m: &BorrowedMessage<'_>) -> Event {
     let mut event = Event::new(bytes::Bytes::copy_from_slice(
         m.payload().unwrap_or_default(),
     ));

@@ -13,6 +13,9 @@
 //!     (the commit follows the manifest write).
 //!   - `pending`: batches after the checkpoint, journaled before their outputs ran; their
 //!     inputs are not committed.
+//!   - `resume` (absent when empty): per input, where it resumes after the `covered`
+//!     batches — explicit Kafka offsets, `null` for a channel, which resumes by itself.
+//!     Written with the state, so offsets and state always agree.
 //! * `state-<T>.json` — operator state after batch `T`: `{ "version": 1, "job", "time_ms",
 //!   "nodes": [{ "kind", "value" }…] }`, nodes in the operator graph's depth-first order.
 //!   Written (atomically) before the manifest that names it; older ones are deleted after.
@@ -62,6 +65,8 @@ pub struct Manifest {
     pub state_file: Option<String>,
     pub covered: Vec<BatchRecord>,
     pub pending: Vec<BatchRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resume: Vec<Option<InputPosition>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

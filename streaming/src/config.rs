@@ -36,12 +36,13 @@ use crate::stream::{BatchCx, EventStream, SliceCounts, Stream};
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobConfig {
-    /// The input channel (shorthand for `inputs = ["name"]`).
+    /// The input (shorthand for `inputs = [input]`): a channel name, or
+    /// `{ kafka = { … } }` for the Kafka direct input.
     #[serde(default)]
-    pub input: Option<String>,
-    /// Input channels; their batches are unioned. The job is each channel's only consumer.
+    pub input: Option<InputRef>,
+    /// Inputs; their batches are unioned. The job is each channel's only consumer.
     #[serde(default)]
-    pub inputs: Vec<String>,
+    pub inputs: Vec<InputRef>,
     /// Batch interval `B`; batch times are multiples of it since the Unix epoch.
     #[serde(default = "default_batch_interval")]
     pub batch_interval: ConfigDuration,
@@ -75,6 +76,30 @@ pub struct JobConfig {
     /// PID gains (defaults are Spark's).
     #[serde(default)]
     pub pid: PidSection,
+}
+
+/// One job input: `"channel"` or `{ kafka = { … } }`. The Kafka direct input lives in
+/// `weir_kafka::direct` (this crate does not depend on librdkafka): its table is kept as
+/// is for the agent to check and build.
+#[derive(Clone, Debug, PartialEq)]
+pub enum InputRef {
+    Channel(String),
+    Kafka(serde_json::Value),
+}
+
+impl<'de> Deserialize<'de> for InputRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(InputRef::Channel(s)),
+            serde_json::Value::Object(mut m) if m.len() == 1 && m.contains_key("kafka") => {
+                Ok(InputRef::Kafka(m.remove("kafka").unwrap_or_default()))
+            }
+            _ => Err(D::Error::custom(
+                "expected a channel name or a table `{ kafka = { … } }`",
+            )),
+        }
+    }
 }
 
 const fn default_batch_interval() -> ConfigDuration {
@@ -225,6 +250,9 @@ fn default_prefix() -> String {
 pub struct BuildContext {
     /// The channels named by `input`/`inputs`, in that order ([`JobConfig::input_names`]).
     pub inputs: Vec<Arc<dyn Channel>>,
+    /// The inputs the agent built for the `{ kafka = … }` entries, in their order
+    /// ([`JobConfig::kafka_inputs`]).
+    pub kafka_inputs: Vec<Box<dyn crate::JobInput>>,
     /// The agent's data dir; checkpoints go to `<data_dir>/jobs/<name>/`.
     pub data_dir: PathBuf,
     pub shutdown: CancellationToken,
@@ -245,6 +273,7 @@ impl BuildContext {
     ) -> Self {
         BuildContext {
             inputs,
+            kafka_inputs: Vec::new(),
             data_dir,
             shutdown,
             events_output: None,
@@ -442,11 +471,33 @@ fn compile_extract(s: &StepConfig, path: &str, problems: &mut Problems) -> Optio
 }
 
 impl JobConfig {
+    /// Every input, in order.
+    pub fn input_refs(&self) -> impl Iterator<Item = &InputRef> {
+        self.input.iter().chain(&self.inputs)
+    }
+
     /// The input channel names, in order.
     pub fn input_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.input.iter().cloned().collect();
-        v.extend(self.inputs.iter().cloned());
-        v
+        self.input_refs()
+            .filter_map(|i| match i {
+                InputRef::Channel(c) => Some(c.clone()),
+                InputRef::Kafka(_) => None,
+            })
+            .collect()
+    }
+
+    /// The `{ kafka = … }` input tables, in order, with their key paths (`input.kafka`,
+    /// `inputs[1].kafka`).
+    pub fn kafka_inputs(&self) -> Vec<(String, &serde_json::Value)> {
+        let single = self.input.iter().map(|i| ("input".to_string(), i));
+        let listed = (self.inputs.iter().enumerate()).map(|(n, i)| (format!("inputs[{n}]"), i));
+        single
+            .chain(listed)
+            .filter_map(|(at, i)| match i {
+                InputRef::Kafka(v) => Some((format!("{at}.kafka"), v)),
+                InputRef::Channel(_) => None,
+            })
+            .collect()
     }
 
     /// Every problem as `(key path relative to the job table, message)`, e.g.
@@ -464,8 +515,8 @@ impl JobConfig {
                 "give either `input` or `inputs`, not both".into(),
             ));
         }
-        if self.input_names().is_empty() {
-            problems.push(("input".into(), "a job needs an input channel".into()));
+        if self.input_refs().next().is_none() {
+            problems.push(("input".into(), "a job needs an input".into()));
         }
         let b = self.batch_interval.0.as_millis() as i64;
         if b <= 0 {
@@ -629,11 +680,15 @@ impl JobConfig {
             let text: Vec<String> = problems.iter().map(|(p, m)| format!("{p}: {m}")).collect();
             return Err(cfg_err(text.join("; ")));
         }
-        if cx.inputs.len() != self.input_names().len() {
+        if cx.inputs.len() != self.input_names().len()
+            || cx.kafka_inputs.len() != self.kafka_inputs().len()
+        {
             return Err(cfg_err(format!(
-                "expected {} input channels, the agent passed {}",
+                "expected {} input channels and {} kafka inputs, the agent passed {} and {}",
                 self.input_names().len(),
-                cx.inputs.len()
+                self.kafka_inputs().len(),
+                cx.inputs.len(),
+                cx.kafka_inputs.len()
             )));
         }
         let mut options = JobOptions::new(self.batch_interval.0);
@@ -656,15 +711,20 @@ impl JobConfig {
             ctx = ctx.with_clock(c);
         }
         let mut events: Option<EventStream> = None;
-        for ch in cx.inputs {
-            let s = ctx.channel(ch);
+        let (mut channels, mut kafka) = (cx.inputs.into_iter(), cx.kafka_inputs.into_iter());
+        for input in self.input_refs() {
+            let s = match input {
+                InputRef::Channel(_) => channels.next().map(|ch| ctx.channel(ch)),
+                InputRef::Kafka(_) => kafka.next().map(|k| ctx.input(k)),
+            };
+            let Some(s) = s else { continue };
             events = Some(match events {
                 None => s,
                 Some(prev) => prev.union(s),
             });
         }
         let Some(events) = events else {
-            return Err(cfg_err("a job needs an input channel".into()));
+            return Err(cfg_err("a job needs an input".into()));
         };
         let rows = plan_stream(events, plan);
         let output = match &self.output {

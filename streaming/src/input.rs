@@ -6,8 +6,10 @@
 //! * Channel input: the position is implicit in the channel — uncommitted takes are delivered
 //!   again, first and in order — so the journal records the event count plus a fingerprint,
 //!   and [`JobInput::recut`] takes that many events and checks the fingerprint.
-//! * Kafka direct input (later): the position will be explicit offset ranges
-//!   ([`InputPosition`] is an enum so that variant slots in).
+//! * Kafka direct input (`weir_kafka::direct`): the position is explicit — one offset range
+//!   per topic-partition — so [`JobInput::recut`] re-reads exactly those offsets, and the
+//!   checkpoint records where the input resumes ([`InputPosition::resume_after`],
+//!   [`JobInput::restore`]) together with the state.
 
 use std::sync::Arc;
 
@@ -36,6 +38,13 @@ pub enum InputError {
         #[source]
         source: CommitError,
     },
+    /// Any other input's failure (e.g. Kafka).
+    #[error("input `{input}`: {source}")]
+    Source {
+        input: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Where a batch came from, as recorded in the checkpoint journal.
@@ -45,6 +54,60 @@ pub enum InputPosition {
     /// The first `events` uncommitted events of a channel, identified by `fingerprint`
     /// (see [`fingerprint`]).
     Channel { events: u64, fingerprint: u64 },
+    /// Kafka offset ranges, one per topic-partition (empty ranges included), sorted by topic
+    /// and partition.
+    Kafka { ranges: Vec<OffsetRange> },
+}
+
+/// Records `[from, until)` of one topic-partition (Spark's `OffsetRange`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct OffsetRange {
+    pub topic: String,
+    pub partition: i32,
+    pub from: i64,
+    pub until: i64,
+}
+
+impl OffsetRange {
+    pub fn count(&self) -> u64 {
+        (self.until - self.from).max(0) as u64
+    }
+}
+
+impl InputPosition {
+    /// Where an input with explicit positions resumes once `batch` is committed, given where
+    /// it resumed before (`None` for a channel, which resumes by itself). For Kafka: an empty
+    /// range at the next offset of every partition seen so far.
+    pub fn resume_after(
+        before: Option<&InputPosition>,
+        batch: &InputPosition,
+    ) -> Option<InputPosition> {
+        match batch {
+            InputPosition::Channel { .. } => None,
+            InputPosition::Kafka { ranges } => {
+                let mut next = std::collections::BTreeMap::new();
+                if let Some(InputPosition::Kafka { ranges: prev }) = before {
+                    for r in prev {
+                        next.insert((r.topic.clone(), r.partition), r.until);
+                    }
+                }
+                for r in ranges {
+                    next.insert((r.topic.clone(), r.partition), r.until);
+                }
+                Some(InputPosition::Kafka {
+                    ranges: next
+                        .into_iter()
+                        .map(|((topic, partition), at)| OffsetRange {
+                            topic,
+                            partition,
+                            from: at,
+                            until: at,
+                        })
+                        .collect(),
+                })
+            }
+        }
+    }
 }
 
 /// A piece of a batch (a channel take transaction). The job runs a chunk through the
@@ -151,6 +214,10 @@ pub trait JobInput: Send {
     /// it was committed before the crash.
     async fn recut(&mut self, position: &InputPosition) -> Result<Option<InputBatch>, InputError>;
 
+    /// Sets where the input resumes, as recorded by the checkpoint (inputs with explicit
+    /// positions only; see [`InputPosition::resume_after`]). Called before any `recut`.
+    fn restore(&mut self, _position: &InputPosition) {}
+
     /// Events waiting in the input, if known (for logs and backpressure tests).
     fn backlog(&self) -> Option<u64> {
         None
@@ -221,7 +288,14 @@ impl JobInput for ChannelInput {
         let InputPosition::Channel {
             events,
             fingerprint,
-        } = position;
+        } = position
+        else {
+            return Err(InputError::Source {
+                input: self.channel.name().to_string(),
+                source: format!("the checkpoint holds a non-channel position for it: {position:?}")
+                    .into(),
+            });
+        };
         let mut fp = Fingerprint::new(Some(*events));
         let mut chunks: Vec<Box<dyn InputChunk>> = Vec::new();
         let mut got = 0u64;

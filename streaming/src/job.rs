@@ -220,6 +220,7 @@ impl StreamingContext {
             state_file: None,
             covered: Vec::new(),
             pending: Vec::new(),
+            resume: Vec::new(),
         };
         Ok(Job {
             metrics: self
@@ -437,6 +438,18 @@ impl Job {
                 ))));
             }
         }
+        if !m.resume.is_empty() && m.resume.len() != self.inputs.len() {
+            return Err(self.ck_err(incompatible(format!(
+                "it records resume positions for {} inputs, the job now has {}",
+                m.resume.len(),
+                self.inputs.len()
+            ))));
+        }
+        for (input, position) in self.inputs.iter_mut().zip(&m.resume) {
+            if let Some(position) = position {
+                input.restore(position);
+            }
+        }
         if let Some(name) = &m.state_file {
             let state = ck.read_state(name).map_err(|e| self.ck_err(e))?;
             self.load_state(state)
@@ -446,6 +459,10 @@ impl Job {
         // (the crash hit between the checkpoint and the commit), commit them now.
         for r in &m.covered {
             for (i, pos) in r.inputs.iter().enumerate() {
+                if let InputPosition::Kafka { .. } = pos {
+                    // Explicit offsets: `resume` already starts after this batch.
+                    continue;
+                }
                 if let Some(b) = self.inputs[i]
                     .recut(pos)
                     .await
@@ -578,11 +595,16 @@ impl Job {
         let mut malformed = 0u64;
         let mut batches = Vec::with_capacity(self.inputs.len());
         for i in 0..self.inputs.len() {
-            let want = match replay.and_then(|p| p.get(i)) {
-                Some(InputPosition::Channel { events, .. }) => {
-                    usize::try_from(*events).unwrap_or(usize::MAX)
-                }
-                None => limit,
+            // A replayed channel batch is its first `events` events; a replayed Kafka batch is
+            // exactly the ranges `recut` set up, however many records they hold.
+            let journaled_events = match replay.and_then(|p| p.get(i)) {
+                Some(InputPosition::Channel { events, .. }) => Some(*events),
+                Some(InputPosition::Kafka { .. }) | None => None,
+            };
+            let want = match (journaled_events, replayed) {
+                (Some(events), _) => usize::try_from(events).unwrap_or(usize::MAX),
+                (None, true) => usize::MAX,
+                (None, false) => limit,
             };
             let mut chunks = Vec::new();
             let mut got = 0usize;
@@ -612,7 +634,7 @@ impl Job {
             let position = self.inputs[i].end_cut();
             let position = match replay.and_then(|p| p.get(i)) {
                 Some(journaled) => {
-                    if got != want {
+                    if journaled_events.is_some() && got != want {
                         return Err(self.input_err(InputError::Changed {
                             input: self.inputs[i].name().to_string(),
                             expected: want as u64,
@@ -716,6 +738,17 @@ impl Job {
         if let Some(ck) = self.checkpoints.clone() {
             let state = self.save_state(time_ms)?;
             let name = ck.write_state(&state).await.map_err(|e| self.ck_err(e))?;
+            // Inputs with explicit positions resume after the batches this state includes.
+            let mut resume = std::mem::take(&mut self.manifest.resume);
+            resume.resize(self.inputs.len(), None);
+            for batch in &self.held {
+                for (at, b) in resume.iter_mut().zip(batch) {
+                    *at = InputPosition::resume_after(at.as_ref(), b.position());
+                }
+            }
+            if resume.iter().any(Option::is_some) {
+                self.manifest.resume = resume;
+            }
             let mut covered = std::mem::take(&mut self.manifest.covered);
             covered.append(&mut self.manifest.pending);
             self.manifest.covered = covered;

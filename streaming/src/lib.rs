@@ -1,7 +1,7 @@
 //! weir's built-in micro-batch engine, with Spark Streaming's semantics
 //! (`/work/shared/spec/spark-streaming-semantics.md`).
 //!
-//! A job has inputs (channels now; Kafka offset ranges later), a batch interval `B`,
+//! A job has inputs (channels, or Kafka offset ranges through `weir_kafka::direct`), a batch interval `B`,
 //! operators ([`EventStream`], [`Stream`]) and outputs ([`Output`]). Batch times are the
 //! multiples of `B` since the Unix epoch. The job is one task running strictly one batch at
 //! a time, in batch-time order; a late batch delays the next (scheduling delay), ticks are
@@ -51,7 +51,8 @@
 //! The blind spot: if a `covered` batch was committed *and* the next events have the same
 //! count and fingerprint (e.g. a stream of identical lines), recovery would take the newer
 //! events for the old batch and commit them unprocessed. It needs a crash in the window
-//! between the manifest write and the commit; Kafka inputs will carry exact offsets instead.
+//! between the manifest write and the commit; Kafka inputs carry exact offsets instead, and
+//! the manifest records where they resume (`resume`), written together with the state.
 //! A memory channel loses uncommitted events on a real crash; the journaled batches are then
 //! skipped with a warning.
 //!
@@ -66,6 +67,8 @@
 //! for (path, problem) in cfg.check() { /* report as jobs.NAME.<path>: <problem> */ }
 //! let inputs: Vec<Arc<dyn Channel>> = cfg.input_names().iter().map(|n| channels[n].clone()).collect();
 //! let mut cx = BuildContext::new(inputs, data_dir.clone(), shutdown.child_token());
+//! // One input per `{ kafka = … }` entry (`cfg.kafka_inputs()`), built by `weir_kafka::direct`:
+//! cx.kafka_inputs = kafka_tables.map(|t| Box::new(kafka_config(t).build(interval, stop)?));
 //! cx.events_output = avro_client_for(&cfg.output); // only for output.type = "avro"
 //! let job = cfg.build(&name, cx)?;                  // validates and opens <data_dir>/jobs/NAME/
 //! let metrics: JobMetrics = job.metrics();          // keep for the status/metrics endpoint
@@ -90,6 +93,7 @@ pub use clock::{Clock, SystemClock, TokioClock};
 pub use config::{BuildContext, JobConfig};
 pub use input::{
     ChannelInput, Fingerprint, InputBatch, InputChunk, InputError, InputPosition, JobInput,
+    OffsetRange,
 };
 pub use job::{FailPoint, Job, JobError, JobOptions, StreamingContext};
 pub use metrics::{BatchInfo, DelayHistogram, DelayHistograms, JobMetrics, DELAY_BUCKETS_MS};

@@ -2,6 +2,7 @@
 //! read its JSON logs and standard output, find its ports from its `listening` log lines,
 //! signal it, and wait on conditions with hard timeouts (never bare sleeps).
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -395,4 +396,39 @@ pub fn raise_open_files_limit() -> u64 {
 /// How many file descriptors a process has open.
 pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// A `file`-output job's `(key,count)` lines summed per key over every batch file
+/// (`batch-<ms>`) in `out`; also how many files each key is in.
+pub fn batch_file_totals(out: &Path) -> (HashMap<String, u64>, HashMap<String, usize>) {
+    let mut counts = HashMap::new();
+    let mut files = HashMap::new();
+    let Ok(dir) = std::fs::read_dir(out) else {
+        return (counts, files);
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        // Only finished batch files (`batch-<ms>`), not a temp file a crash left behind.
+        if !name
+            .strip_prefix("batch-")
+            .is_some_and(|t| t.chars().all(|c| c.is_ascii_digit()))
+        {
+            continue;
+        }
+        for line in std::fs::read_to_string(entry.path())
+            .unwrap_or_default()
+            .lines()
+        {
+            let Some((key, n)) = line
+                .strip_prefix('(')
+                .and_then(|l| l.strip_suffix(')'))
+                .and_then(|l| l.rsplit_once(','))
+            else {
+                panic!("unexpected output line {line:?} in {name}");
+            };
+            *counts.entry(key.to_string()).or_default() += n.parse::<u64>().unwrap();
+            *files.entry(key.to_string()).or_default() += 1;
+        }
+    }
+    (counts, files)
 }

@@ -2,12 +2,13 @@
 //! at random moments leaving the idempotent file output exactly as an uninterrupted run would
 //! (every acknowledged event counted once, none twice).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use weir_tests::{acknowledged, send_lines, wait_until, weir_bin, Agent};
+use weir_tests::{
+    acknowledged, batch_file_totals as totals, send_lines, wait_until, weir_bin, Agent,
+};
 
 const SECS: Duration = Duration::from_secs(60);
 
@@ -34,40 +35,6 @@ output = {{ type = "file", dir = "{}" }}
 "#,
         out.display()
     )
-}
-
-/// Sum of counts per key over every batch file; also how many files each key is in.
-fn totals(out: &Path) -> (HashMap<String, u64>, HashMap<String, usize>) {
-    let mut counts = HashMap::new();
-    let mut files = HashMap::new();
-    let Ok(dir) = std::fs::read_dir(out) else {
-        return (counts, files);
-    };
-    for entry in dir.flatten() {
-        let name = entry.file_name().to_string_lossy().to_string();
-        // Only finished batch files (`batch-<ms>`), not a temp file a crash left behind.
-        if !name
-            .strip_prefix("batch-")
-            .is_some_and(|t| t.chars().all(|c| c.is_ascii_digit()))
-        {
-            continue;
-        }
-        for line in std::fs::read_to_string(entry.path())
-            .unwrap_or_default()
-            .lines()
-        {
-            let Some((key, n)) = line
-                .strip_prefix('(')
-                .and_then(|l| l.strip_suffix(')'))
-                .and_then(|l| l.rsplit_once(','))
-            else {
-                panic!("unexpected output line {line:?} in {name}");
-            };
-            *counts.entry(key.to_string()).or_default() += n.parse::<u64>().unwrap();
-            *files.entry(key.to_string()).or_default() += 1;
-        }
-    }
-    (counts, files)
 }
 
 #[test]
