@@ -648,10 +648,11 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<()> {
         args.dir.join("soak.csv").display()
     );
 
-    let tail = {
+    let mut tail = Some({
         let shared = shared.clone();
         std::thread::spawn(move || tail_writer(shared))
-    };
+    });
+    let mut tail_result = None;
     let drained = Arc::new(AtomicBool::new(false));
     let mut pollers = Vec::new();
     for _ in 0..2 {
@@ -698,6 +699,14 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<()> {
         );
         if phase == Phase::Drain && drain_deadline.is_none() {
             shared.stop.store(true, Ordering::Relaxed);
+            // The last calls and lines must be counted before delivery is judged, or one
+            // acknowledged after the check would count as lost.
+            for p in pushers.drain(..) {
+                let _ = p.await;
+            }
+            if let Some(t) = tail.take() {
+                tail_result = Some(t.join());
+            }
             drain_deadline = Some(Instant::now() + Duration::from_secs(args.drain_seconds));
         }
         let now = [
@@ -780,19 +789,15 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<()> {
         }
     };
     drained.store(true, Ordering::Relaxed);
-    for p in pushers {
-        let _ = p.await;
-    }
-    let tail_result = tail.join();
     let peak = rss_report(pid).unwrap_or_default();
     agent.stop();
     for p in pollers {
         let _ = p.await;
     }
     match tail_result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => bail!("the tail writer failed: {e:#}"),
-        Err(_) => bail!("the tail writer panicked"),
+        Some(Ok(Ok(()))) | None => {}
+        Some(Ok(Err(e))) => bail!("the tail writer failed: {e:#}"),
+        Some(Err(_)) => bail!("the tail writer panicked"),
     }
 
     let summary = summarize(&args, &shared, &rows, delivered, &peak);
