@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use weir_avro_rpc::client::{ClientOptions, RpcClient};
 use weir_avro_rpc::protocol::Protocol;
-use weir_avro_rpc::transport::{BoxStream, ClientLayers, Compression, Layering, TlsClientSettings};
+use weir_avro_rpc::transport::{BoxStream, ClientLayers, Compression, Layering};
+use weir_core::tls::TlsClientSettings;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CompressionArg {

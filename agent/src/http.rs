@@ -5,6 +5,9 @@
 //! * `GET /flume/metrics` — the JSON document Flume serves with `flume.monitoring.type=http`
 //!   (`{"SOURCE.r1":{"Type":"SOURCE","EventReceivedCount":"10",…},…}`, every value a string),
 //!   so existing Flume monitoring keeps working when pointed at this path.
+//!
+//! With `tls = { cert, key }` it serves HTTPS only; `ip_filter` (Flume's `ipFilterRules`)
+//! closes refused peers at accept.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -20,13 +23,16 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn, Instrument};
+use weir_avro_rpc::transport::BoxStream;
 use weir_core::accept::{Accepted, Acceptor, IdleTimeout};
+use weir_core::ipfilter::IpFilter;
 use weir_core::metrics::{ComponentMetrics, MetricName, Registry, Sample};
+use weir_core::tls::{self, TlsAcceptor, TlsServerSettings};
 use weir_core::{Channel, ConfigDuration, Ready};
 use weir_streaming::{BatchInfo, DelayHistogram, DelayHistograms, JobMetrics, DELAY_BUCKETS_MS};
 
@@ -44,6 +50,14 @@ pub struct HttpConfig {
     /// scrapes, a client that connected and went away).
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: ConfigDuration,
+    /// HTTPS with a PEM certificate chain and key: `tls = { cert = "cert.pem", key = "key.pem" }`.
+    /// The handshake must finish within `idle_timeout`.
+    #[serde(default)]
+    pub tls: Option<TlsServerSettings>,
+    /// Flume's `ipFilterRules` syntax: `allow:ip:127.*,deny:ip:*`, first match wins, no match =
+    /// accept. Unset = accept everyone.
+    #[serde(default)]
+    pub ip_filter: Option<String>,
 }
 
 const fn default_max_connections() -> usize {
@@ -59,6 +73,8 @@ impl HttpConfig {
             bind,
             max_connections: default_max_connections(),
             idle_timeout: default_idle_timeout(),
+            tls: None,
+            ip_filter: None,
         }
     }
 
@@ -71,35 +87,116 @@ impl HttpConfig {
         if self.idle_timeout.0.is_zero() {
             errors.push(("idle_timeout", "must be more than 0".into()));
         }
+        if let Some(Err(e)) = self.ip_filter.as_deref().map(IpFilter::parse) {
+            errors.push(("ip_filter", e.to_string()));
+        }
+        if let Some(t) = &self.tls {
+            errors.extend(t.check());
+        }
         errors
     }
 }
 
-/// The status server's connections: within `max_connections`, each closed when idle.
-struct LimitedListener {
-    acceptor: Acceptor,
-    idle_timeout: Duration,
+/// The status server's connections: the IP filter and `max_connections` at accept, then each
+/// TLS handshake in a task of its own (a slow or silent client must not hold up the others);
+/// axum gets only connections ready to speak HTTP, each closed when idle.
+struct GatedListener {
+    ready: mpsc::Receiver<(LimitedConnection, SocketAddr)>,
+    local: SocketAddr,
 }
 
 /// A connection and its place under `max_connections`, freed when the connection ends.
 struct LimitedConnection {
-    io: IdleTimeout<TcpStream>,
+    io: IdleTimeout<BoxStream>,
     _slot: OwnedSemaphorePermit,
 }
 
-impl axum::serve::Listener for LimitedListener {
+impl GatedListener {
+    fn spawn(
+        mut acceptor: Acceptor,
+        tls: Option<TlsAcceptor>,
+        idle_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<GatedListener> {
+        let local = acceptor.local_addr()?;
+        let (tx, ready) = mpsc::channel(64);
+        tokio::spawn(
+            async move {
+                loop {
+                    let Accepted { stream, peer, slot } = tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        conn = acceptor.accept() => conn,
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let tx = tx.clone();
+                    let Some(tls) = tls.clone() else {
+                        let io = IdleTimeout::new(Box::new(stream) as BoxStream, idle_timeout);
+                        let _ = tx.send((LimitedConnection { io, _slot: slot }, peer)).await;
+                        continue;
+                    };
+                    tokio::spawn(
+                        async move {
+                            if let Some(s) = https_handshake(&tls, stream, peer, idle_timeout).await
+                            {
+                                let io = IdleTimeout::new(s, idle_timeout);
+                                let _ =
+                                    tx.send((LimitedConnection { io, _slot: slot }, peer)).await;
+                            }
+                        }
+                        .in_current_span(),
+                    );
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(GatedListener { ready, local })
+    }
+}
+
+/// A plain HTTP request on the HTTPS port gets a 400 that says so (as nginx and Go do), so a
+/// curl user sees the reason; anything else that is not TLS is just closed. Both are logged.
+async fn https_handshake(
+    acceptor: &TlsAcceptor,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> Option<BoxStream> {
+    if let Ok(Ok(Some(first))) = tokio::time::timeout(timeout, tls::first_byte(&tcp)).await {
+        if first.is_ascii_uppercase() {
+            warn!(message = "connection refused: plain HTTP request on the HTTPS port", %peer);
+            let body = "This port speaks HTTPS only: use https://\n";
+            let reply = format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tcp.write_all(reply.as_bytes()).await;
+            let _ = tcp.shutdown().await;
+            return None;
+        }
+    }
+    match tls::accept(acceptor, tcp, timeout).await {
+        Ok(s) => Some(Box::new(s)),
+        Err(e) => {
+            warn!(message = "connection refused: TLS handshake", %peer, error_type = e.kind(), error = %e);
+            None
+        }
+    }
+}
+
+impl axum::serve::Listener for GatedListener {
     type Io = LimitedConnection;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let Accepted { stream, peer, slot } = self.acceptor.accept().await;
-        let _ = stream.set_nodelay(true);
-        let io = IdleTimeout::new(stream, self.idle_timeout);
-        (LimitedConnection { io, _slot: slot }, peer)
+        match self.ready.recv().await {
+            Some(conn) => conn,
+            // The accept task stopped (shutdown): axum's graceful shutdown ends the serve loop.
+            None => std::future::pending().await,
+        }
     }
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.acceptor.local_addr()
+        Ok(self.local)
     }
 }
 
@@ -190,6 +287,18 @@ pub async fn serve(
     shutdown: CancellationToken,
     ready: Ready,
 ) -> anyhow::Result<()> {
+    let filter = config
+        .ip_filter
+        .as_deref()
+        .map(IpFilter::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("http.ip_filter: {e}"))?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(TlsServerSettings::acceptor)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("http.tls: {e}"))?;
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|e| anyhow::anyhow!("http.bind: cannot listen on {}: {e}", config.bind))?;
@@ -197,14 +306,13 @@ pub async fn serve(
     info!(
         message = "http status server listening",
         %addr,
+        tls = tls.is_some(),
         max_connections = config.max_connections,
         idle_timeout = %config.idle_timeout,
     );
     let metrics = ComponentMetrics::new(state.registry.clone(), "http", "http");
-    let listener = LimitedListener {
-        acceptor: Acceptor::new(listener, config.max_connections, &metrics),
-        idle_timeout: config.idle_timeout.0,
-    };
+    let acceptor = Acceptor::new(listener, config.max_connections, &metrics).with_ip_filter(filter);
+    let listener = GatedListener::spawn(acceptor, tls, config.idle_timeout.0, shutdown.clone())?;
     ready.set();
     let app = Router::new()
         .route("/health", get(health))

@@ -1,6 +1,8 @@
 //! The `weir` agent: command line, TOML config and its validation, and the topology that wires
 //! sources, channels and sinks together, supervises them and shuts them down in order.
 
+#![forbid(unsafe_code)]
+
 pub mod bench;
 pub mod bench_soak;
 pub mod client;

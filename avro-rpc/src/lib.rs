@@ -28,11 +28,10 @@
 //!   ([`RpcClient::append_batch`], [`RpcClient::get_event_batch`], [`RpcClient::ack`],
 //!   [`RpcClient::nack`]).
 //! * [`deflate`]: [`DeflateStream`], Flume's `compression-type = deflate`.
-//! * [`tls`]: rustls configs from PEM files (`ring` provider).
-//! * [`ipfilter`]: Flume's `ipFilterRules`.
 //! * [`transport`]: [`transport::ServerLayers`]/[`transport::ClientLayers`] stacking TLS and
 //!   deflate on a TCP stream in either order, behind one [`transport::BoxStream`] type.
-//! * [`listener`]: [`listener::serve`], the accept loop for server components (IP filter,
+//! * [`listener`]: [`listener::serve`], the accept loop for server components (IP filter and
+//!   TLS from [`weir_core::ipfilter`] and [`weir_core::tls`],
 //!   connection limit, layers, a task per connection, metrics, graceful shutdown).
 //!
 //! # Using it
@@ -96,17 +95,17 @@
 //! ≤1.9 puts TLS outermost (`TCP → TLS → zlib`), Flume 1.10/1.11 put zlib outermost
 //! (`TCP → zlib → TLS`). They only differ when both are on; the default is ≤1.9's.
 
+#![forbid(unsafe_code)]
+
 pub mod budget;
 pub mod client;
 pub mod codec;
 pub mod datum;
 pub mod deflate;
 pub mod ipc;
-pub mod ipfilter;
 pub mod listener;
 pub mod protocol;
 pub mod server;
-pub mod tls;
 pub mod transport;
 
 #[cfg(test)]
@@ -116,7 +115,6 @@ pub use client::{ClientOptions, RpcClient, RpcError};
 pub use codec::{FrameError, NettyFrameCodec, OutPack, Pack};
 pub use datum::{DecodeError, EventBatch, Status};
 pub use deflate::DeflateStream;
-pub use ipfilter::{IpFilter, IpFilterError};
 pub use protocol::{Md5, Protocol, ProtocolError};
 pub use server::{
     serve_connection, ConnectionError, ConnectionInfo, ProtocolCache, Responder, RpcServer,

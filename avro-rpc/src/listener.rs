@@ -11,12 +11,13 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, warn, Instrument};
 use weir_core::accept::{Accepted, Acceptor};
+use weir_core::ipfilter::IpFilter;
 use weir_core::metrics::{ComponentMetrics, MetricName};
+use weir_core::tls::{self, TlsServerSettings};
 
 use crate::budget::InFlightBudget;
-use crate::ipfilter::IpFilter;
 use crate::server::{ConnectionInfo, Responder, RpcServer, ServerOptions};
 use crate::transport::ServerLayers;
 
@@ -38,7 +39,7 @@ pub struct ListenerOptions {
 pub struct ListenerSettings<'a> {
     pub ip_filter: Option<&'a str>,
     pub max_connections: usize,
-    pub tls: Option<&'a crate::transport::TlsServerSettings>,
+    pub tls: Option<&'a TlsServerSettings>,
     pub compression: crate::transport::Compression,
     pub compression_level: u32,
     pub layering: crate::transport::Layering,
@@ -63,9 +64,7 @@ impl ListenerSettings<'_> {
             }
         }
         if let Some(t) = self.tls {
-            if let Err(e) = crate::transport::server_tls_config(&t.cert, &t.key) {
-                problems.push(("tls", e.to_string()));
-            }
+            problems.extend(t.check());
         }
         if self.max_connections == 0 {
             problems.push(("max_connections", "must be at least 1".into()));
@@ -150,10 +149,10 @@ pub async fn serve<R: Responder + 'static>(
     metrics: &ComponentMetrics,
 ) {
     let accepted = metrics.counter(MetricName::ConnectionsAcceptedTotal);
-    let rejected = metrics.counter(MetricName::ConnectionsRejectedTotal);
     let open = metrics.gauge(MetricName::ConnectionsOpen);
     let errors = metrics.counter(MetricName::ErrorsTotal);
-    let mut acceptor = Acceptor::new(listener, options.max_connections, metrics);
+    let mut acceptor = Acceptor::new(listener, options.max_connections, metrics)
+        .with_ip_filter(options.ip_filter.clone());
     let options = Arc::new(options);
     let next_id = AtomicU64::new(1);
     let mut tasks = JoinSet::new();
@@ -170,13 +169,6 @@ pub async fn serve<R: Responder + 'static>(
             conn = acceptor.accept() => conn,
         };
         let local = tcp.local_addr().ok();
-        if let Some(filter) = &options.ip_filter {
-            if !filter.allows(peer.ip(), local.map(|a| a.ip())) {
-                rejected.inc(1);
-                info!(message = "connection refused by ip filter", %peer);
-                continue;
-            }
-        }
         accepted.inc(1);
         open.add(1);
         let conn = ConnectionInfo {
@@ -228,9 +220,15 @@ async fn connection<R: Responder + ?Sized>(
 ) {
     // Java sets TCP_NODELAY on both sides; replies are small and latency matters.
     let _ = tcp.set_nodelay(true);
-    let stream = match tokio::time::timeout(options.handshake_timeout, options.layers.wrap(tcp))
-        .await
-    {
+    let setup = async {
+        if options.layers.tls_outermost() {
+            tls::expect_tls_client(&tcp)
+                .await
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        }
+        options.layers.wrap(tcp).await
+    };
+    let stream = match tokio::time::timeout(options.handshake_timeout, setup).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             errors.inc(1);

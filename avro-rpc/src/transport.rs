@@ -8,15 +8,16 @@
 //! one type whatever the configuration.
 
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_rustls::rustls::{ClientConfig, ServerConfig};
+use weir_core::tls::rustls::ClientConfig;
 
 use crate::deflate::{DeflateStream, DEFAULT_LEVEL};
-use crate::tls::{self, ClientTrust, TlsAcceptor, TlsConnector, TlsError};
+use weir_core::tls::{
+    self, TlsAcceptor, TlsClientSettings, TlsConnector, TlsError, TlsServerSettings,
+};
 
 /// Flume's `compression-type`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -74,6 +75,12 @@ impl ServerLayers {
             level: DEFAULT_LEVEL,
             ..Default::default()
         }
+    }
+
+    /// Whether the peer's first bytes must be a TLS handshake (TLS on, and not under zlib).
+    pub fn tls_outermost(&self) -> bool {
+        self.tls.is_some()
+            && (self.compression == Compression::None || self.layering == Layering::TlsOutside)
     }
 
     /// Wrap an accepted stream (runs the TLS handshake if TLS is on; bound it with a timeout).
@@ -152,31 +159,6 @@ impl ClientLayers {
     }
 }
 
-/// `tls = { cert = "…", key = "…" }` on a listening component.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsServerSettings {
-    /// PEM certificate chain.
-    pub cert: std::path::PathBuf,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: std::path::PathBuf,
-}
-
-/// `tls = { ca = "…" }` or `tls = { trust_all = true }` on a connecting component.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsClientSettings {
-    /// PEM file of CA certificates to trust; unset = the system bundle.
-    #[serde(default)]
-    pub ca: Option<std::path::PathBuf>,
-    /// Accept any certificate (Flume's `trust-all-certs`): encrypts, does not authenticate.
-    #[serde(default)]
-    pub trust_all: bool,
-    /// Name to verify in the certificate; defaults to the host connected to.
-    #[serde(default)]
-    pub server_name: Option<String>,
-}
-
 impl ServerLayers {
     /// The layers a listening component's settings ask for; errors name the TLS file.
     pub fn from_settings(
@@ -186,7 +168,7 @@ impl ServerLayers {
         layering: Layering,
     ) -> Result<Self, TlsError> {
         Ok(ServerLayers {
-            tls: tls.map(|t| tls_acceptor(&t.cert, &t.key)).transpose()?,
+            tls: tls.map(TlsServerSettings::acceptor).transpose()?,
             compression,
             level,
             layering,
@@ -204,43 +186,13 @@ impl ClientLayers {
     ) -> Result<Self, TlsError> {
         Ok(ClientLayers {
             tls: tls
-                .map(|t| {
-                    client_tls_config(t.ca.as_deref(), t.trust_all)
-                        .map(|c| (c, t.server_name.clone()))
-                })
+                .map(|t| t.client_config().map(|c| (c, t.server_name.clone())))
                 .transpose()?,
             compression,
             level,
             layering,
         })
     }
-}
-
-/// A rustls server config from PEM files (errors name the file).
-pub fn server_tls_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    tls::server_config(cert, key)
-}
-
-/// A TLS acceptor from PEM files.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
-    tls::server_config(cert, key).map(TlsAcceptor::from)
-}
-
-/// Debian's system CA bundle, used when a TLS client names no CA file.
-pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
-
-/// A rustls client config: trust `ca` (PEM), or everything (`trust_all`, Flume's
-/// `trust-all-certs`), or else the system CA bundle ([`SYSTEM_CA_BUNDLE`]).
-pub fn client_tls_config(
-    ca: Option<&Path>,
-    trust_all: bool,
-) -> Result<Arc<ClientConfig>, TlsError> {
-    let trust = match (trust_all, ca) {
-        (true, _) => ClientTrust::TrustAll,
-        (false, Some(ca)) => ClientTrust::CaFile(ca.to_path_buf()),
-        (false, None) => ClientTrust::CaFile(SYSTEM_CA_BUNDLE.into()),
-    };
-    tls::client_config(&trust)
 }
 
 #[cfg(test)]
@@ -286,8 +238,13 @@ mod tests {
         let key = dir.path().join("key.pem");
         std::fs::write(&cert, ck.cert.pem()).expect("cert");
         std::fs::write(&key, ck.key_pair.serialize_pem()).expect("key");
-        let acceptor = tls_acceptor(&cert, &key).expect("acceptor");
-        let client_cfg = client_tls_config(Some(&cert), false).expect("client cfg");
+        let acceptor = TlsServerSettings {
+            cert: cert.clone(),
+            key,
+        }
+        .acceptor()
+        .expect("acceptor");
+        let client_cfg = tls::client_tls_config(Some(&cert), false).expect("client cfg");
         for tls_on in [false, true] {
             for compression in [Compression::None, Compression::Deflate] {
                 for layering in [Layering::TlsOutside, Layering::DeflateOutside] {
@@ -324,12 +281,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn client_config_errors_name_the_file() {
-        let e = client_tls_config(Some(Path::new("/nonexistent/ca.pem")), false).unwrap_err();
-        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
-        assert!(client_tls_config(None, true).is_ok());
     }
 }

@@ -1,5 +1,7 @@
 //! Accepting TCP connections under limits, shared by every listener (`avro`, `spark`, `tcp`,
 //! `syslog`, the HTTP server):
+//! * peers refused by the listener's IP filter ([`crate::ipfilter`]) are closed right after
+//!   accept, before they take a place;
 //! * at most `max_connections` served at once; one more is closed right after accept, so the
 //!   peer sees a clean close instead of a connection that hangs in the backlog;
 //! * a failed `accept` (EMFILE/ENFILE: out of file descriptors) backs off, doubling up to 1 s,
@@ -22,9 +24,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::component::Backoff;
+use crate::ipfilter::IpFilter;
 use crate::metrics::{ComponentMetrics, Counter, MetricName};
 
 /// The shortest time between two log lines about refused connections or failed accepts.
@@ -73,7 +76,9 @@ pub struct Acceptor {
     listener: TcpListener,
     max_connections: usize,
     slots: Arc<Semaphore>,
+    ip_filter: Option<IpFilter>,
     backoff: Backoff,
+    filtered_log: LogEvery,
     refused_log: LogEvery,
     failed_log: LogEvery,
     rejected: Counter,
@@ -88,12 +93,21 @@ impl Acceptor {
             listener,
             max_connections,
             slots: Arc::new(Semaphore::new(max_connections)),
+            ip_filter: None,
             backoff: Backoff::new(Duration::from_millis(10), Duration::from_secs(1)),
+            filtered_log: LogEvery::new(LOG_INTERVAL),
             refused_log: LogEvery::new(LOG_INTERVAL),
             failed_log: LogEvery::new(LOG_INTERVAL),
             rejected: metrics.counter(MetricName::ConnectionsRejectedTotal),
             errors: metrics.counter(MetricName::ErrorsTotal),
         }
+    }
+
+    /// Closes connections from peers `filter` refuses (Flume's `ipFilterRules`), counted in
+    /// `weir_connections_rejected_total`.
+    pub fn with_ip_filter(mut self, filter: Option<IpFilter>) -> Self {
+        self.ip_filter = filter;
+        self
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -107,6 +121,21 @@ impl Acceptor {
             match self.listener.accept().await {
                 Ok((stream, peer)) => {
                     self.backoff.reset();
+                    if let Some(filter) = &self.ip_filter {
+                        let local = stream.local_addr().ok().map(|a| a.ip());
+                        if !filter.allows(peer.ip(), local) {
+                            self.rejected.inc(1);
+                            if let Some(not_logged) = self.filtered_log.ready() {
+                                info!(
+                                    message = "connection refused by ip filter",
+                                    %peer,
+                                    refused_not_logged = not_logged,
+                                    log_interval = ?LOG_INTERVAL,
+                                );
+                            }
+                            continue;
+                        }
+                    }
                     match self.slots.clone().try_acquire_owned() {
                         Ok(slot) => return Accepted { stream, peer, slot },
                         Err(_) => {
@@ -267,6 +296,32 @@ mod tests {
         stream.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"x");
         drop(first);
+    }
+
+    #[tokio::test]
+    async fn peers_the_ip_filter_refuses_are_closed_before_taking_a_place() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = ComponentMetrics::new(Registry::default(), "source", "t");
+        // One place only: a refused peer must not use it up.
+        let filter = IpFilter::parse("deny:ip:127.0.0.2,allow:ip:*").unwrap();
+        let mut acceptor = Acceptor::new(listener, 1, &metrics).with_ip_filter(Some(filter));
+        let denied = tokio::net::TcpSocket::new_v4().unwrap();
+        denied.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut denied = denied.connect(addr).await.unwrap();
+        let mut allowed = TcpStream::connect(addr).await.unwrap();
+        let next = acceptor.accept().await;
+        assert_eq!(next.peer.ip().to_string(), "127.0.0.1");
+        let mut buf = [0u8; 1];
+        assert_eq!(denied.read(&mut buf).await.unwrap_or(0), 0, "closed");
+        assert_eq!(
+            metrics.counter(MetricName::ConnectionsRejectedTotal).get(),
+            1
+        );
+        allowed.write_all(b"x").await.unwrap();
+        let mut stream = next.stream;
+        stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"x");
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,6 +15,8 @@ pub enum MetricName {
     ConnectionsAcceptedTotal,
     ConnectionsRejectedTotal,
     ConnectionsOpen,
+    /// UDP datagrams dropped because the IP filter refuses their sender.
+    DatagramsRejectedTotal,
     ErrorsTotal,
     ComponentRestartsTotal,
     TransactionTimeoutsTotal,
@@ -32,6 +34,7 @@ impl MetricName {
             MetricName::ConnectionsAcceptedTotal => "weir_connections_accepted_total",
             MetricName::ConnectionsRejectedTotal => "weir_connections_rejected_total",
             MetricName::ConnectionsOpen => "weir_connections_open",
+            MetricName::DatagramsRejectedTotal => "weir_datagrams_rejected_total",
             MetricName::ErrorsTotal => "weir_errors_total",
             MetricName::ComponentRestartsTotal => "weir_component_restarts_total",
             MetricName::TransactionTimeoutsTotal => "weir_transaction_timeouts_total",

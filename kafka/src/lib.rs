@@ -2,6 +2,8 @@
 //! the `kafka` source (receiver mode), sink and channel, and the direct input and
 //! transactional output of streaming jobs.
 
+#![forbid(unsafe_code)]
+
 pub mod channel;
 pub mod client;
 pub mod direct;

@@ -21,6 +21,10 @@ struct Mock {
 }
 
 impl Mock {
+    // `unsafe` allowed (the workspace denies it): rdkafka has no safe setter for the mock
+    // cluster's initial rebalance delay, so this test calls librdkafka's C function on the
+    // cluster pointer its own handle owns (checked non-null).
+    #[allow(unsafe_code)]
     fn start(topic: &str, partitions: i32) -> Mock {
         let handle: BaseProducer = ClientConfig::new()
             .set("test.mock.num.brokers", "3")

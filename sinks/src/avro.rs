@@ -15,9 +15,10 @@ use tracing::{debug, info, warn};
 use weir_avro_rpc::client::{ClientOptions, RpcClient};
 use weir_avro_rpc::datum::Status;
 use weir_avro_rpc::protocol::Protocol;
-use weir_avro_rpc::transport::{BoxStream, ClientLayers, Compression, Layering, TlsClientSettings};
+use weir_avro_rpc::transport::{BoxStream, ClientLayers, Compression, Layering};
 use weir_core::component::Backoff;
 use weir_core::metrics::MetricName;
+use weir_core::tls::TlsClientSettings;
 use weir_core::{ComponentError, ConfigDuration, Event, Sink, SinkContext};
 
 /// `[sinks.NAME] type = "avro"`.
@@ -117,12 +118,12 @@ impl AvroSinkConfig {
             errors.push(("compression_level", "must be 0 to 9".into()));
         }
         if let Err(e) = self.layers() {
-            errors.push(("tls", e.to_string()));
+            errors.push(("tls.ca", e.to_string()));
         }
         errors
     }
 
-    fn layers(&self) -> Result<ClientLayers, weir_avro_rpc::tls::TlsError> {
+    fn layers(&self) -> Result<ClientLayers, weir_core::tls::TlsError> {
         ClientLayers::from_settings(
             self.tls.as_ref(),
             self.compression,

@@ -31,8 +31,9 @@ use weir_avro_rpc::datum::{self, Reader};
 use weir_avro_rpc::listener::{self, ListenerSettings};
 use weir_avro_rpc::protocol::Protocol;
 use weir_avro_rpc::server::{ConnectionInfo, Responder, RpcServer};
-use weir_avro_rpc::transport::{Compression, Layering, TlsServerSettings};
+use weir_avro_rpc::transport::{Compression, Layering};
 use weir_core::metrics::{Counter, MetricName};
+use weir_core::tls::TlsServerSettings;
 use weir_core::{
     ByteSize, Channel, ComponentError, ConfigDuration, Sink, SinkContext, TakeTransaction,
 };

@@ -19,8 +19,9 @@ use weir_avro_rpc::datum::{decode_event, decode_events, Status};
 use weir_avro_rpc::listener::{self, ListenerSettings};
 use weir_avro_rpc::protocol::Protocol;
 use weir_avro_rpc::server::{ConnectionInfo, Responder, RpcServer};
-use weir_avro_rpc::transport::{Compression, Layering, TlsServerSettings};
+use weir_avro_rpc::transport::{Compression, Layering};
 use weir_core::metrics::{ComponentMetrics, Counter, MetricName};
+use weir_core::tls::TlsServerSettings;
 use weir_core::{
     ByteSize, ChannelProcessor, ComponentError, ConfigDuration, Event, Source, SourceContext,
 };

@@ -2,6 +2,8 @@
 //! channels through a [`weir_core::ChannelProcessor`], answering its client only after the put
 //! succeeded.
 
+#![forbid(unsafe_code)]
+
 mod accept;
 pub mod avro;
 pub mod spark_pull;

@@ -13,9 +13,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 use weir_avro_rpc::client::{ClientOptions, RpcClient};
 use weir_avro_rpc::protocol::Protocol;
-use weir_avro_rpc::transport::{BoxStream, ClientLayers, Compression, Layering, TlsClientSettings};
+use weir_avro_rpc::transport::{BoxStream, ClientLayers, Compression, Layering};
 use weir_core::component::Backoff;
 use weir_core::metrics::{Counter, MetricName};
+use weir_core::tls::TlsClientSettings;
 use weir_core::{ComponentError, ConfigDuration, Source, SourceContext};
 
 /// `[sources.NAME] type = "spark_pull"`.
@@ -75,12 +76,12 @@ impl SparkPullSourceConfig {
             errors.push(("parallelism", "must be at least 1".into()));
         }
         if let Err(e) = self.layers() {
-            errors.push(("tls", e.to_string()));
+            errors.push(("tls.ca", e.to_string()));
         }
         errors
     }
 
-    fn layers(&self) -> Result<ClientLayers, weir_avro_rpc::tls::TlsError> {
+    fn layers(&self) -> Result<ClientLayers, weir_core::tls::TlsError> {
         ClientLayers::from_settings(self.tls.as_ref(), self.compression, 6, Layering::default())
     }
 

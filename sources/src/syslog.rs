@@ -35,15 +35,20 @@ use bytes::{Buf, Bytes, BytesMut};
 use chrono::Datelike;
 use serde::Deserialize;
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use weir_avro_rpc::transport::BoxStream;
 use weir_core::metrics::{ComponentMetrics, Counter, MetricName};
+use weir_core::tls::TlsServerSettings;
 use weir_core::{
     ByteSize, ChannelProcessor, ComponentError, ConfigDuration, Event, Source, SourceContext,
 };
 
-use crate::udp::{bind_udp, put_with_retry, recv_batch, spawn_drop_watch, UdpStats};
+use crate::accept::Gate;
+use crate::udp::{
+    bind_udp, put_with_retry, recv_batch, spawn_drop_watch, DatagramFilter, UdpStats,
+};
 
 /// `[sources.NAME] type = "syslog"`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -78,6 +83,16 @@ pub struct SyslogSourceConfig {
     /// UDP only: kernel receive buffer (`SO_RCVBUF`); unset keeps the system default.
     #[serde(default = "default_receive_buffer")]
     pub receive_buffer: Option<ByteSize>,
+    /// TCP only: TLS with a PEM certificate chain and key (RFC 5425 syslog over TLS):
+    /// `tls = { cert = "cert.pem", key = "key.pem" }`. The handshake must finish within
+    /// `idle_timeout`.
+    #[serde(default)]
+    pub tls: Option<TlsServerSettings>,
+    /// Flume's `ipFilterRules` syntax: `allow:ip:10.*,deny:ip:*`, first match wins, no match =
+    /// accept. TCP: refused connections are closed at accept; UDP: datagrams from refused
+    /// senders are dropped and counted (`weir_datagrams_rejected_total`). Unset = everyone.
+    #[serde(default)]
+    pub ip_filter: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -140,6 +155,8 @@ impl SyslogSourceConfig {
             max_connections: default_max_connections(),
             idle_timeout: default_idle_timeout(),
             receive_buffer: default_receive_buffer(),
+            tls: None,
+            ip_filter: None,
         }
     }
 
@@ -164,6 +181,13 @@ impl SyslogSourceConfig {
         if self.max_connections == 0 {
             errors.push(("max_connections", "must be at least 1".into()));
         }
+        if self.mode == SyslogMode::Udp && self.tls.is_some() {
+            errors.push((
+                "tls",
+                "only with mode = \"tcp\" (DTLS is not supported)".into(),
+            ));
+        }
+        errors.extend(Gate::check(self.ip_filter.as_deref(), self.tls.as_ref()));
         errors
     }
 
@@ -382,7 +406,9 @@ async fn run_udp(
     c: Arc<Counters>,
     stats: Arc<UdpStats>,
 ) -> Result<(), ComponentError> {
-    info!(message = "syslog source listening", mode = "udp", addr = %socket.local_addr()?);
+    let local = socket.local_addr()?;
+    info!(message = "syslog source listening", mode = "udp", addr = %local);
+    let filter = DatagramFilter::new(cfg.ip_filter.as_deref(), local, &cx.metrics)?;
     cx.ready.set();
     let stop_watch = CancellationToken::new();
     let _stop_watch_on_drop = stop_watch.clone().drop_guard();
@@ -401,7 +427,7 @@ async fn run_udp(
         datagrams.clear();
         tokio::select! {
             _ = cx.shutdown.cancelled() => break,
-            res = recv_batch(&socket, &mut buf, limit, cfg.batch_size, &stats, &mut datagrams) => {
+            res = recv_batch(&socket, &mut buf, limit, cfg.batch_size, filter.as_ref(), &stats, &mut datagrams) => {
                 if let Err(e) = res {
                     c.errors.inc(1);
                     warn!(message = "receive failed", error = %e);
@@ -433,19 +459,26 @@ async fn run_tcp(
     cx: SourceContext,
     c: Arc<Counters>,
 ) -> Result<(), ComponentError> {
-    info!(message = "syslog source listening", mode = "tcp", addr = %listener.local_addr()?);
+    let gate = Gate::new(
+        cfg.ip_filter.as_deref(),
+        cfg.tls.as_ref(),
+        cfg.idle_timeout.0,
+    )?;
+    info!(message = "syslog source listening", mode = "tcp", addr = %listener.local_addr()?, tls = cfg.tls.is_some());
     cx.ready.set();
+    let (conn_cfg, output, shutdown) = (cfg.clone(), cx.output.clone(), cx.shutdown.clone());
     crate::accept::serve_connections(
         listener,
         cfg.max_connections,
+        gate,
         &cx.shutdown,
         &cx.metrics,
-        |stream, peer| {
+        move |stream, peer| {
             let (cfg, c, output, shutdown) = (
-                cfg.clone(),
+                conn_cfg.clone(),
                 c.clone(),
-                cx.output.clone(),
-                cx.shutdown.clone(),
+                output.clone(),
+                shutdown.clone(),
             );
             async move { serve(&cfg, stream, peer, &output, &shutdown, &c).await }
         },
@@ -566,7 +599,7 @@ impl Framer {
 
 async fn serve(
     cfg: &SyslogSourceConfig,
-    mut stream: TcpStream,
+    mut stream: BoxStream,
     peer: SocketAddr,
     output: &ChannelProcessor,
     shutdown: &CancellationToken,
@@ -606,13 +639,14 @@ async fn serve(
             match frame {
                 Frame::Message(m) => push(&mut batch, m, false),
                 Frame::Incomplete(m) => {
-                    debug!(message = "message longer than max_message_bytes cut", max);
+                    debug!(message = "message longer than max_message_bytes cut", %peer, max);
                     push(&mut batch, m, true)
                 }
                 Frame::Oversize(len) => {
                     c.errors.inc(1);
                     warn!(
                         message = "octet-counted message longer than max_message_bytes skipped",
+                        %peer,
                         length = len,
                         max
                     );

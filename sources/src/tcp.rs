@@ -7,7 +7,9 @@
 //! * with `ack = false` a full channel is retried with backoff (the connection stops being read,
 //!   which pushes back on the sender) instead of dropping the line;
 //! * a last line without a newline is delivered when the client closes, not dropped;
-//! * connections are bounded (`max_connections`) and idle ones are closed (`idle_timeout`).
+//! * connections are bounded (`max_connections`) and idle ones are closed (`idle_timeout`);
+//! * optional TLS (`tls`) and Flume's `ipFilterRules` (`ip_filter`), which Flume's netcat
+//!   source does not have.
 //!
 //! Like Flume, a line of `max_line_length` bytes or more (the newline counts) is refused with
 //! `FAILED: Event exceeds the maximum length (N chars, including newline)` and the connection is
@@ -22,11 +24,15 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::accept::Gate;
 use tracing::{debug, info, warn};
+use weir_avro_rpc::transport::BoxStream;
 use weir_core::component::Backoff;
 use weir_core::metrics::{ComponentMetrics, Counter, MetricName};
+use weir_core::tls::TlsServerSettings;
 use weir_core::{
     ChannelProcessor, ComponentError, ConfigDuration, Event, PutError, Source, SourceContext,
 };
@@ -53,6 +59,14 @@ pub struct TcpSourceConfig {
     /// Most lines put into the channels as one transaction.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// TLS with a PEM certificate chain and key: `tls = { cert = "cert.pem", key = "key.pem" }`.
+    /// The handshake must finish within `idle_timeout`.
+    #[serde(default)]
+    pub tls: Option<TlsServerSettings>,
+    /// Flume's `ipFilterRules` syntax: `allow:ip:10.*,deny:ip:*`, first match wins, no match =
+    /// accept. Unset = accept everyone.
+    #[serde(default)]
+    pub ip_filter: Option<String>,
 }
 
 const fn default_max_line_length() -> usize {
@@ -77,6 +91,8 @@ impl TcpSourceConfig {
             max_connections: default_max_connections(),
             idle_timeout: default_idle_timeout(),
             batch_size: default_batch_size(),
+            tls: None,
+            ip_filter: None,
         }
     }
 
@@ -95,6 +111,7 @@ impl TcpSourceConfig {
         if self.batch_size == 0 {
             errors.push(("batch_size", "must be at least 1".into()));
         }
+        errors.extend(Gate::check(self.ip_filter.as_deref(), self.tls.as_ref()));
         errors
     }
 
@@ -132,6 +149,11 @@ impl ConnectionCounters {
 impl Source for TcpSource {
     async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), ComponentError> {
         let cfg = Arc::new(self.config);
+        let gate = Gate::new(
+            cfg.ip_filter.as_deref(),
+            cfg.tls.as_ref(),
+            cfg.idle_timeout.0,
+        )?;
         let listener = TcpListener::bind(cfg.bind)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", cfg.bind))?;
@@ -139,20 +161,23 @@ impl Source for TcpSource {
         info!(
             message = "tcp source listening",
             %addr,
+            tls = cfg.tls.is_some(),
             hint = %format!("send a line with: echo hello > /dev/tcp/{}/{}", addr.ip(), addr.port()),
         );
         cx.ready.set();
         let counters = ConnectionCounters::new(&cx.metrics);
+        let (conn_cfg, output, shutdown) = (cfg.clone(), cx.output.clone(), cx.shutdown.clone());
         crate::accept::serve_connections(
             listener,
             cfg.max_connections,
+            gate,
             &cx.shutdown,
             &cx.metrics,
-            |stream, peer| {
+            move |stream, peer| {
                 let conn = Connection {
-                    cfg: cfg.clone(),
-                    output: cx.output.clone(),
-                    shutdown: cx.shutdown.clone(),
+                    cfg: conn_cfg.clone(),
+                    output: output.clone(),
+                    shutdown: shutdown.clone(),
                     counters: counters.clone(),
                     peer,
                 };
@@ -206,7 +231,7 @@ impl LineSplitter {
 }
 
 impl Connection {
-    async fn serve(&self, mut stream: TcpStream) -> Result<(), ConnectionError> {
+    async fn serve(&self, mut stream: BoxStream) -> Result<(), ConnectionError> {
         let idle = self.cfg.idle_timeout.0;
         let limit = self.cfg.max_line_length;
         let mut buf = BytesMut::with_capacity(8 * 1024);
@@ -254,7 +279,7 @@ impl Connection {
 
     async fn refuse_long_line(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut BoxStream,
         length: usize,
     ) -> Result<(), ConnectionError> {
         self.counters.received.inc(1);
@@ -273,7 +298,7 @@ impl Connection {
     /// Puts the batch; answers each line when `ack` is on.
     async fn flush(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut BoxStream,
         batch: &mut Vec<Event>,
     ) -> Result<(), ConnectionError> {
         if batch.is_empty() {
@@ -333,6 +358,7 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpStream;
 
     #[test]
     fn splitter_keeps_carriage_returns_and_waits_for_newline() {

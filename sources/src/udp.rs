@@ -15,7 +15,7 @@
 //! `\n` or `\r\n` removed) where Flume keeps only the bytes before the first `\n`;
 //! `mode = "line"` gives one event per line.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +27,7 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use weir_core::component::Backoff;
+use weir_core::ipfilter::IpFilter;
 use weir_core::metrics::{ComponentMetrics, Counter, MetricName};
 use weir_core::{
     ByteSize, ChannelProcessor, ComponentError, ConfigDuration, Event, Source, SourceContext,
@@ -58,6 +59,11 @@ pub struct UdpSourceConfig {
     /// How often the kernel's drop counter for this socket is read.
     #[serde(default = "default_drop_check_interval")]
     pub drop_check_interval: ConfigDuration,
+    /// Flume's `ipFilterRules` syntax: `allow:ip:10.*,deny:ip:*`, first match wins, no match =
+    /// accept. Datagrams from refused senders are dropped and counted
+    /// (`weir_datagrams_rejected_total`). Unset = everyone.
+    #[serde(default)]
+    pub ip_filter: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -96,6 +102,7 @@ impl UdpSourceConfig {
             batch_size: default_batch_size(),
             remote_address_header: default_remote_address_header(),
             drop_check_interval: default_drop_check_interval(),
+            ip_filter: None,
         }
     }
 
@@ -118,6 +125,9 @@ impl UdpSourceConfig {
         }
         if self.drop_check_interval.0.is_zero() {
             errors.push(("drop_check_interval", "must be more than 0s".into()));
+        }
+        if let Some(Err(e)) = self.ip_filter.as_deref().map(IpFilter::parse) {
+            errors.push(("ip_filter", e.to_string()));
         }
         errors
     }
@@ -249,6 +259,34 @@ pub(crate) fn spawn_drop_watch(
     });
 }
 
+/// The IP filter of a UDP listener: datagrams from refused senders are dropped and counted
+/// (`weir_datagrams_rejected_total`).
+pub(crate) struct DatagramFilter {
+    pub rules: IpFilter,
+    /// The bound address, for `name:localhost` rules.
+    pub local: Option<IpAddr>,
+    pub rejected: Counter,
+}
+
+impl DatagramFilter {
+    /// The filter `rules` ask for on a socket bound to `local`; `None` without rules.
+    pub fn new(
+        rules: Option<&str>,
+        local: SocketAddr,
+        metrics: &ComponentMetrics,
+    ) -> Result<Option<DatagramFilter>, String> {
+        rules
+            .map(|r| {
+                Ok(DatagramFilter {
+                    rules: IpFilter::parse(r).map_err(|e| format!("ip_filter: {e}"))?,
+                    local: Some(local.ip()),
+                    rejected: metrics.counter(MetricName::DatagramsRejectedTotal),
+                })
+            })
+            .transpose()
+    }
+}
+
 /// Receives what is waiting (at least one datagram, at most `max` of them), each as a
 /// `Bytes` of a shared buffer. Oversize datagrams are dropped and counted.
 pub(crate) async fn recv_batch(
@@ -256,6 +294,7 @@ pub(crate) async fn recv_batch(
     buf: &mut BytesMut,
     limit: usize,
     max: usize,
+    filter: Option<&DatagramFilter>,
     stats: &UdpStats,
     out: &mut Vec<(Bytes, SocketAddr)>,
 ) -> std::io::Result<()> {
@@ -278,6 +317,13 @@ pub(crate) async fn recv_batch(
             break;
         };
         let data = buf.split_to(n).freeze();
+        if let Some(filter) = filter {
+            if !filter.rules.allows(peer.ip(), filter.local) {
+                filter.rejected.inc(1);
+                debug!(message = "datagram refused by ip filter", %peer);
+                continue;
+            }
+        }
         if n > limit {
             stats.oversize.fetch_add(1, Ordering::Relaxed);
             warn!(message = "datagram too large; dropped", %peer, limit);
@@ -351,7 +397,9 @@ impl Source for UdpSource {
     async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), ComponentError> {
         let cfg = self.config;
         let socket = UdpSocket::from_std(self.socket)?;
-        info!(message = "udp source listening", addr = %socket.local_addr()?);
+        let local = socket.local_addr()?;
+        let filter = DatagramFilter::new(cfg.ip_filter.as_deref(), local, &cx.metrics)?;
+        info!(message = "udp source listening", addr = %local);
         cx.ready.set();
         let c = Counters::new(&cx.metrics);
         let stop_watch = CancellationToken::new();
@@ -370,7 +418,7 @@ impl Source for UdpSource {
             datagrams.clear();
             tokio::select! {
                 _ = cx.shutdown.cancelled() => break,
-                res = recv_batch(&socket, &mut buf, limit, cfg.batch_size, &self.stats, &mut datagrams) => {
+                res = recv_batch(&socket, &mut buf, limit, cfg.batch_size, filter.as_ref(), &self.stats, &mut datagrams) => {
                     if let Err(e) = res {
                         c.errors.inc(1);
                         warn!(message = "receive failed", error = %e);

@@ -61,6 +61,8 @@
 //! `rate × B` events per input (capped by `max_rate` and `max_batch_events`); the channel
 //! keeps the rest and, when full, its sources refuse upstream.
 
+#![forbid(unsafe_code)]
+
 //! # For the agent: running a `[jobs.NAME]` job
 //! ```ignore
 //! let cfg: JobConfig = /* the [jobs.NAME] table */;

@@ -2,6 +2,8 @@
 //! read its JSON logs and standard output, find its ports from its `listening` log lines,
 //! signal it, and wait on conditions with hard timeouts (never bare sleeps).
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

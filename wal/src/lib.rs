@@ -64,6 +64,8 @@
 //! in-memory filesystem that keeps synced and unsynced bytes apart and can crash, run out of
 //! space, or turn read-only.
 
+#![forbid(unsafe_code)]
+
 mod channel;
 mod codec;
 mod config;
