@@ -400,6 +400,12 @@ tls = {{ cert = "{cert}", key = "{cert}" }}
 type = "tcp"
 bind = "127.0.0.1:0"
 tls = {{ cert = "{cert}.missing", key = "{cert}" }}
+channels = ["c"]
+
+[sources.in2]
+type = "syslog"
+mode = "udp"
+bind = "127.0.0.1:0"
 ip_filter = "allow:host:*"
 channels = ["c"]
 
@@ -421,6 +427,10 @@ channel = "c"
     );
     assert!(
         err.contains(&format!("sources.in.tls.cert: {cert}.missing: ")),
+        "{err}"
+    );
+    assert!(
+        err.contains("sources.in2.ip_filter: ipFilterRules: bad rule \"allow:host:*\""),
         "{err}"
     );
 }
