@@ -29,6 +29,15 @@ impl Headers {
 
     /// Sets `key`, returning the value it replaced.
     pub fn insert(&mut self, key: String, value: String) -> Option<String> {
+        // Decoders see keys in order (they were written from a `Headers`): append.
+        if self
+            .0
+            .last()
+            .is_none_or(|(last, _)| last.as_str() < key.as_str())
+        {
+            self.0.push((key, value));
+            return None;
+        }
         match self.find(&key) {
             Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
             Err(i) => {

@@ -181,3 +181,11 @@ fn basic_operators() {
     let n = run(&|| EventStream::input(0).count(), &[vec![]], usize::MAX);
     assert_eq!(n[0], Some(vec![0]));
 }
+
+proptest! {
+    /// `field` is Java's/Rust's split-then-index (runs of separators give empty fields).
+    #[test]
+    fn field_is_split_nth(bytes in proptest::collection::vec(prop_oneof![Just(b' '), Just(b'a'), Just(b'b')], 0..12), n in 0usize..5) {
+        prop_assert_eq!(crate::stream::field(&bytes, b' ', n), bytes.split(|b| *b == b' ').nth(n));
+    }
+}

@@ -312,7 +312,8 @@ impl Inner {
             Some((codec::TYPE_PUT, n)) if n == buf.len() => {}
             _ => return Err(corrupt("corrupt record (CRC mismatch)")),
         }
-        codec::decode_put_events(&buf[RECORD_HEADER_LEN..])
+        // The events' bodies point into the record buffer itself.
+        codec::decode_put_events_shared(bytes::Bytes::from(buf).slice(RECORD_HEADER_LEN..))
             .ok_or_else(|| corrupt("undecodable put record"))
     }
 }
@@ -636,6 +637,30 @@ impl Channel for FileChannel {
             };
             if r.first_seq != first || evs.len() != r.count as usize {
                 break;
+            }
+            if cursor <= first && r.committed.is_empty() && max - events.len() >= evs.len() {
+                // The take consumes the whole record: move its events out rather than clone
+                // them (no header copies) once nothing else holds the decoded record.
+                let end = r.end();
+                let cost = std::mem::take(&mut r.cache_cost);
+                let cached = r.cache.take();
+                st.cache_used -= cost;
+                drop(cached);
+                if slot.as_ref().is_some_and(|(f, _)| *f == first) {
+                    *slot = None;
+                }
+                st.cursor = end;
+                match Arc::try_unwrap(evs) {
+                    Ok(owned) => {
+                        seqs.extend(first..end);
+                        events.extend(owned);
+                    }
+                    Err(shared) => {
+                        seqs.extend(first..end);
+                        events.extend(shared.iter().cloned());
+                    }
+                }
+                continue;
             }
             let mut seq = cursor.max(first);
             while seq < r.end() && events.len() < max {

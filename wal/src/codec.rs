@@ -216,8 +216,13 @@ pub fn put_prefix(payload: &[u8]) -> Option<(u64, u32, u64)> {
 
 /// Decodes the events of a put payload; `count` must match the prefix.
 pub fn decode_put_events(payload: &[u8]) -> Option<Vec<Event>> {
-    let (_, count, _) = put_prefix(payload)?;
-    let body = Bytes::copy_from_slice(&payload[PUT_PREFIX_LEN..]);
+    decode_put_events_shared(Bytes::copy_from_slice(payload))
+}
+
+/// [`decode_put_events`] over a buffer the events' bodies then share (no copy).
+pub fn decode_put_events_shared(payload: Bytes) -> Option<Vec<Event>> {
+    let (_, count, _) = put_prefix(&payload)?;
+    let body = payload.slice(PUT_PREFIX_LEN..);
     let b = &body[..];
     let mut pos = 0;
     // Each event takes at least 2 bytes, so the claimed count cannot size a huge buffer.
