@@ -97,7 +97,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod budget;
 pub mod client;
 pub mod codec;
 pub mod datum;

@@ -17,9 +17,9 @@ use weir_core::ipfilter::IpFilter;
 use weir_core::metrics::{ComponentMetrics, MetricName};
 use weir_core::tls::{self, TlsServerSettings};
 
-use crate::budget::InFlightBudget;
 use crate::server::{ConnectionInfo, Responder, RpcServer, ServerOptions};
 use crate::transport::ServerLayers;
+use weir_core::budget::InFlightBudget;
 
 /// How [`serve`] accepts connections.
 #[derive(Debug, Clone)]

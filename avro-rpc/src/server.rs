@@ -19,13 +19,13 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::budget::{Budgeted, InFlightBudget};
 use crate::codec::{
     FrameError, NettyFrameCodec, OutPack, DEFAULT_MAX_BUFFERS, DEFAULT_MAX_FRAME_BYTES,
 };
 use crate::datum::{DecodeError, Reader};
 use crate::ipc::{self, HandshakeMatch, HandshakeRequest, HandshakeResponse};
 use crate::protocol::{parse_untrusted, resolve_datum, Md5, Protocol};
+use weir_core::budget::{Budgeted, InFlightBudget};
 
 /// What the server knows about a connection, passed to every call.
 #[derive(Debug, Clone, Default)]

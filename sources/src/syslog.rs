@@ -39,6 +39,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use weir_avro_rpc::transport::BoxStream;
+use weir_core::budget::{Budgeted, InFlightBudget};
 use weir_core::metrics::{ComponentMetrics, Counter, MetricName};
 use weir_core::tls::TlsServerSettings;
 use weir_core::{
@@ -80,6 +81,10 @@ pub struct SyslogSourceConfig {
     /// TCP only: a connection that sends nothing for this long is closed.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: ConfigDuration,
+    /// TCP only: bytes read from all connections and not yet committed to the channels; when
+    /// spent, connections wait before reading more (at least `max_message_bytes`).
+    #[serde(default = "default_max_in_flight_bytes")]
+    pub max_in_flight_bytes: ByteSize,
     /// UDP only: kernel receive buffer (`SO_RCVBUF`); unset keeps the system default.
     #[serde(default = "default_receive_buffer")]
     pub receive_buffer: Option<ByteSize>,
@@ -138,6 +143,9 @@ const fn default_max_connections() -> usize {
 const fn default_idle_timeout() -> ConfigDuration {
     ConfigDuration::from_secs(300)
 }
+const fn default_max_in_flight_bytes() -> ByteSize {
+    ByteSize(64 * 1024 * 1024)
+}
 const fn default_receive_buffer() -> Option<ByteSize> {
     None
 }
@@ -154,6 +162,7 @@ impl SyslogSourceConfig {
             batch_size: default_batch_size(),
             max_connections: default_max_connections(),
             idle_timeout: default_idle_timeout(),
+            max_in_flight_bytes: default_max_in_flight_bytes(),
             receive_buffer: default_receive_buffer(),
             tls: None,
             ip_filter: None,
@@ -188,6 +197,12 @@ impl SyslogSourceConfig {
             ));
         }
         errors.extend(Gate::check(self.ip_filter.as_deref(), self.tls.as_ref()));
+        if self.max_in_flight_bytes.0 < self.max_message_bytes.0 {
+            errors.push((
+                "max_in_flight_bytes",
+                "must be at least max_message_bytes".into(),
+            ));
+        }
         errors
     }
 
@@ -466,6 +481,8 @@ async fn run_tcp(
     )?;
     info!(message = "syslog source listening", mode = "tcp", addr = %listener.local_addr()?, tls = cfg.tls.is_some());
     cx.ready.set();
+    let budget =
+        InFlightBudget::new(usize::try_from(cfg.max_in_flight_bytes.0).unwrap_or(usize::MAX));
     let (conn_cfg, output, shutdown) = (cfg.clone(), cx.output.clone(), cx.shutdown.clone());
     crate::accept::serve_connections(
         listener,
@@ -480,6 +497,7 @@ async fn run_tcp(
                 output.clone(),
                 shutdown.clone(),
             );
+            let stream = Budgeted::new(stream, Some(&budget));
             async move { serve(&cfg, stream, peer, &output, &shutdown, &c).await }
         },
     )
@@ -599,7 +617,7 @@ impl Framer {
 
 async fn serve(
     cfg: &SyslogSourceConfig,
-    mut stream: BoxStream,
+    mut stream: Budgeted<BoxStream>,
     peer: SocketAddr,
     output: &ChannelProcessor,
     shutdown: &CancellationToken,
@@ -669,6 +687,8 @@ async fn serve(
             c,
         )
         .await;
+        // Every complete message is committed: only a partial one stays charged.
+        stream.release_to(buf.len());
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }

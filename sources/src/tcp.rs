@@ -30,11 +30,13 @@ use tokio_util::sync::CancellationToken;
 use crate::accept::Gate;
 use tracing::{debug, info, warn};
 use weir_avro_rpc::transport::BoxStream;
+use weir_core::budget::{Budgeted, InFlightBudget};
 use weir_core::component::Backoff;
 use weir_core::metrics::{ComponentMetrics, Counter, MetricName};
 use weir_core::tls::TlsServerSettings;
 use weir_core::{
-    ChannelProcessor, ComponentError, ConfigDuration, Event, PutError, Source, SourceContext,
+    ByteSize, ChannelProcessor, ComponentError, ConfigDuration, Event, PutError, Source,
+    SourceContext,
 };
 
 /// `[sources.NAME] type = "tcp"`.
@@ -56,6 +58,10 @@ pub struct TcpSourceConfig {
     /// A connection that sends nothing for this long is closed.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: ConfigDuration,
+    /// Bytes read from all connections and not yet committed to the channels; when spent,
+    /// connections wait before reading more (at least `max_line_length`).
+    #[serde(default = "default_max_in_flight_bytes")]
+    pub max_in_flight_bytes: ByteSize,
     /// Most lines put into the channels as one transaction.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
@@ -78,6 +84,9 @@ const fn default_max_connections() -> usize {
 const fn default_idle_timeout() -> ConfigDuration {
     ConfigDuration::from_secs(300)
 }
+const fn default_max_in_flight_bytes() -> ByteSize {
+    ByteSize(16 * 1024 * 1024)
+}
 const fn default_batch_size() -> usize {
     100
 }
@@ -90,6 +99,7 @@ impl TcpSourceConfig {
             ack: false,
             max_connections: default_max_connections(),
             idle_timeout: default_idle_timeout(),
+            max_in_flight_bytes: default_max_in_flight_bytes(),
             batch_size: default_batch_size(),
             tls: None,
             ip_filter: None,
@@ -112,6 +122,12 @@ impl TcpSourceConfig {
             errors.push(("batch_size", "must be at least 1".into()));
         }
         errors.extend(Gate::check(self.ip_filter.as_deref(), self.tls.as_ref()));
+        if self.max_in_flight_bytes.0 < self.max_line_length as u64 {
+            errors.push((
+                "max_in_flight_bytes",
+                "must be at least max_line_length".into(),
+            ));
+        }
         errors
     }
 
@@ -166,6 +182,8 @@ impl Source for TcpSource {
         );
         cx.ready.set();
         let counters = ConnectionCounters::new(&cx.metrics);
+        let budget =
+            InFlightBudget::new(usize::try_from(cfg.max_in_flight_bytes.0).unwrap_or(usize::MAX));
         let (conn_cfg, output, shutdown) = (cfg.clone(), cx.output.clone(), cx.shutdown.clone());
         crate::accept::serve_connections(
             listener,
@@ -175,6 +193,7 @@ impl Source for TcpSource {
             &cx.metrics,
             move |stream, peer| {
                 let conn = Connection {
+                    budget: budget.clone(),
                     cfg: conn_cfg.clone(),
                     output: output.clone(),
                     shutdown: shutdown.clone(),
@@ -201,6 +220,7 @@ enum ConnectionError {
 }
 
 struct Connection {
+    budget: InFlightBudget,
     cfg: Arc<TcpSourceConfig>,
     output: Arc<ChannelProcessor>,
     shutdown: CancellationToken,
@@ -231,7 +251,8 @@ impl LineSplitter {
 }
 
 impl Connection {
-    async fn serve(&self, mut stream: BoxStream) -> Result<(), ConnectionError> {
+    async fn serve(&self, stream: BoxStream) -> Result<(), ConnectionError> {
+        let mut stream = Budgeted::new(stream, Some(&self.budget));
         let idle = self.cfg.idle_timeout.0;
         let limit = self.cfg.max_line_length;
         let mut buf = BytesMut::with_capacity(8 * 1024);
@@ -255,6 +276,8 @@ impl Connection {
                 return self.refuse_long_line(&mut stream, buf.len()).await;
             }
             self.flush(&mut stream, &mut batch).await?;
+            // Every complete line is committed: only the partial one stays charged.
+            stream.release_to(buf.len());
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(8 * 1024);
             }
@@ -279,7 +302,7 @@ impl Connection {
 
     async fn refuse_long_line(
         &self,
-        stream: &mut BoxStream,
+        stream: &mut Budgeted<BoxStream>,
         length: usize,
     ) -> Result<(), ConnectionError> {
         self.counters.received.inc(1);
@@ -298,7 +321,7 @@ impl Connection {
     /// Puts the batch; answers each line when `ack` is on.
     async fn flush(
         &self,
-        stream: &mut BoxStream,
+        stream: &mut Budgeted<BoxStream>,
         batch: &mut Vec<Event>,
     ) -> Result<(), ConnectionError> {
         if batch.is_empty() {

@@ -670,3 +670,39 @@ fn a_spent_in_flight_budget_stops_reading_until_requests_give_bytes_back() {
     clients.serve_each("after");
     clients.check_nothing_lost();
 }
+
+#[test]
+fn a_spent_tcp_budget_stops_reading_until_lines_are_committed() {
+    let agent = Agent::start(&config("", "").replace(
+        "max_line_length = 200",
+        "max_line_length = 65536\nmax_in_flight_bytes = \"64KiB\"\nidle_timeout = \"3s\"",
+    ));
+    let mut clients = Clients::of(&agent);
+    // Two clients send 56 KiB of lines that never end: 112 KiB against a 64 KiB budget.
+    let hogs_started = Instant::now();
+    let hogs: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(clients.tcp).unwrap();
+            s.write_all(&[b'h'; 56 * 1024]).unwrap();
+            s
+        })
+        .collect();
+    let exhausted = "in-flight bytes budget exhausted; connections wait before reading more";
+    // Logged in the connection's span: no other listener's budget is small enough to log.
+    wait_until(SECS, "the budget log line", || agent.logged(exhausted));
+    // A line that fits in one read is still served...
+    let started = Instant::now();
+    clients.send_tcp("small-while-spent").unwrap();
+    assert!(started.elapsed() < PROMPT, "{:?}", started.elapsed());
+    // ...a 30 KB one waits until the stalled senders are closed at idle_timeout.
+    clients.send_tcp(&"b".repeat(30_000)).unwrap();
+    assert!(
+        hogs_started.elapsed() >= Duration::from_secs(2),
+        "the 30 KB line was read before the stalled senders could have been closed"
+    );
+    for mut hog in hogs {
+        assert!(closed_by_agent(&mut hog), "a stalled sender was not closed");
+    }
+    clients.serve_each("after");
+    clients.check_nothing_lost();
+}

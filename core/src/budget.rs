@@ -1,23 +1,25 @@
 //! The in-flight bytes budget of one listener: request bytes read from all its connections
-//! and not yet answered. `max_frame_bytes` bounds one connection; this bounds their sum, so
-//! many peers sending large requests at once cannot take unbounded memory.
+//! and not yet answered (or, for the line sources, not yet committed). A per-connection limit
+//! (`max_frame_bytes`, `max_line_length`, `max_message_bytes`) bounds one connection; this
+//! bounds their sum, so many peers sending large requests at once cannot take unbounded
+//! memory.
 //!
 //! A connection charges every read to the budget. When the budget is spent it stops reading
 //! (TCP pushes back on the sender) until answered requests give bytes back; a peer stuck
-//! waiting longer than the server's `frame_timeout` is closed as stalled, and the client
-//! retries its unacknowledged request. Reads are charged after they happen, so the budget can
-//! be overdrawn by at most one [`READ_CHUNK`] per connection.
+//! waiting longer than the server's `frame_timeout` (`idle_timeout` for the line sources) is
+//! closed, and the client retries its unacknowledged request. Reads are charged after they
+//! happen, so the budget can be overdrawn by at most one [`READ_CHUNK`] per connection.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
+use crate::accept::{LogEvery, LOG_INTERVAL};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, Take};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::PollSemaphore;
 use tracing::warn;
-use weir_core::accept::{LogEvery, LOG_INTERVAL};
 
 /// The most one read takes from a connection.
 pub const READ_CHUNK: usize = 8 * 1024;
