@@ -13,13 +13,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 use weir_core::accept::{Accepted, Acceptor};
+use weir_core::budget::InFlightBudget;
 use weir_core::ipfilter::IpFilter;
 use weir_core::metrics::{ComponentMetrics, MetricName};
 use weir_core::tls::{self, TlsServerSettings};
 
 use crate::server::{ConnectionInfo, Responder, RpcServer, ServerOptions};
 use crate::transport::ServerLayers;
-use weir_core::budget::InFlightBudget;
 
 /// How [`serve`] accepts connections.
 #[derive(Debug, Clone)]

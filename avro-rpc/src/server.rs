@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
+use weir_core::budget::{Budgeted, InFlightBudget};
 
 use crate::codec::{
     FrameError, NettyFrameCodec, OutPack, DEFAULT_MAX_BUFFERS, DEFAULT_MAX_FRAME_BYTES,
@@ -25,7 +26,6 @@ use crate::codec::{
 use crate::datum::{DecodeError, Reader};
 use crate::ipc::{self, HandshakeMatch, HandshakeRequest, HandshakeResponse};
 use crate::protocol::{parse_untrusted, resolve_datum, Md5, Protocol};
-use weir_core::budget::{Budgeted, InFlightBudget};
 
 /// What the server knows about a connection, passed to every call.
 #[derive(Debug, Clone, Default)]
