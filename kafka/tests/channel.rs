@@ -176,7 +176,9 @@ async fn put_take_commit_rollback_restart(parse_as_flume_event: bool) {
         txn.commit().await.unwrap();
     }
     // Fill is the group's lag: 300 put, 150 committed.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // librdkafka reports the lag in its statistics once a second; under a loaded CI machine the
+    // first reports after the commits can be late.
+    let deadline = Instant::now() + Duration::from_secs(60);
     while channel.stats().events != 150 {
         assert!(
             Instant::now() < deadline,
