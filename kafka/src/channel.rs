@@ -168,8 +168,9 @@ impl KafkaChannelConfig {
 
 type ChannelConsumer = StreamConsumer<LagContext>;
 
-/// Keeps the group's lag on the topic (high watermark minus committed offset, summed over
-/// the partitions this member has) from librdkafka's periodic statistics.
+/// Keeps the group's lag on the topic (last stable offset minus committed offset, summed over
+/// the partitions this member has; from the earliest offset where nothing is committed yet)
+/// from librdkafka's periodic statistics.
 struct LagContext {
     topic: String,
     lag: Arc<AtomicU64>,
@@ -181,8 +182,17 @@ impl ClientContext for LagContext {
             let lag: i64 = topic
                 .partitions
                 .values()
-                .filter(|p| p.partition >= 0 && p.consumer_lag > 0)
-                .map(|p| p.consumer_lag)
+                .filter(|p| p.partition >= 0 && p.desired)
+                .map(|p| {
+                    if p.committed_offset >= 0 {
+                        p.consumer_lag.max(0)
+                    } else {
+                        // Nothing committed on this partition yet: librdkafka reports the lag
+                        // as unknown, but the group starts at the earliest offset, so all of
+                        // it is still to be taken.
+                        (p.ls_offset.max(0) - p.lo_offset.max(0)).max(0)
+                    }
+                })
                 .sum();
             self.lag.store(lag as u64, Ordering::Relaxed);
         }
