@@ -434,3 +434,32 @@ pub fn batch_file_totals(out: &Path) -> (HashMap<String, u64>, HashMap<String, u
     }
     (counts, files)
 }
+
+/// The kill-time generator of the crash tests: a tiny deterministic LCG seeded from
+/// `WEIR_CRASH_SEED` or the clock, with the seed printed so a failure can be replayed.
+pub struct CrashRng(u64);
+
+impl CrashRng {
+    pub fn from_env() -> CrashRng {
+        let seed = std::env::var("WEIR_CRASH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        println!("seed {seed} (set WEIR_CRASH_SEED to replay)");
+        CrashRng(seed)
+    }
+
+    /// A number in `0..bound`.
+    pub fn next(&mut self, bound: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % bound
+    }
+}

@@ -8,9 +8,9 @@
 
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use weir_tests::{acknowledged, weir_bin, Agent};
+use weir_tests::{acknowledged, weir_bin, Agent, CrashRng};
 
 const CONFIG: &str = r#"
 [agent]
@@ -34,31 +34,9 @@ bind = "127.0.0.1:0"
 empty_wait = "500ms"
 "#;
 
-/// A tiny deterministic generator; the seed is printed so a failure can be replayed.
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self, bound: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % bound
-    }
-}
-
 #[test]
 fn kill_9_at_random_moments_loses_no_acknowledged_event() {
-    let seed = std::env::var("WEIR_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    println!("seed {seed} (set WEIR_CRASH_SEED to replay)");
-    let mut rng = Lcg(seed);
+    let mut rng = CrashRng::from_env();
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let mut acked: Vec<usize> = Vec::new();

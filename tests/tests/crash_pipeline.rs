@@ -12,9 +12,9 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use weir_tests::{acknowledged, weir_bin, Agent};
+use weir_tests::{acknowledged, weir_bin, Agent, CrashRng};
 
 const KILLS: usize = 100;
 /// The whole kill phase is bounded; a slow machine fails loudly rather than running forever.
@@ -58,18 +58,6 @@ empty_wait = "100ms"
 "#,
         out.display()
     )
-}
-
-/// A tiny deterministic generator; the seed is printed so a failure can be replayed.
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self, bound: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % bound
-    }
 }
 
 /// Per event number: the sum of its counts over every finished window file, and in how many
@@ -141,17 +129,7 @@ fn spawn_weir(args: &[&str]) -> Child {
 
 #[test]
 fn a_hundred_kill_9s_keep_every_acknowledged_event_in_the_job_once_and_polled() {
-    let seed = std::env::var("WEIR_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .expect("clock after 1970")
-                .as_nanos() as u64
-        });
-    println!("seed {seed} (set WEIR_CRASH_SEED to replay)");
-    let mut rng = Lcg(seed);
+    let mut rng = CrashRng::from_env();
     let state = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let cfg = config(out.path());
