@@ -106,6 +106,13 @@ pub trait Channel: Send + Sync + 'static {
 
     fn stats(&self) -> ChannelStats;
 
+    /// At most how many events a take could return now (held, not in an open take), when the
+    /// channel knows it cheaply. A job cuts its batch at this count, so events that arrive
+    /// while the batch runs go to the next batch, as in Spark.
+    fn queued(&self) -> Option<u64> {
+        None
+    }
+
     /// True when the channel keeps its events across a restart (the file and kafka channels),
     /// so shutdown need not drain it.
     fn is_durable(&self) -> bool;

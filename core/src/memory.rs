@@ -185,6 +185,10 @@ impl Channel for MemoryChannel {
         }
     }
 
+    fn queued(&self) -> Option<u64> {
+        Some(self.inner.lock().queue.len() as u64)
+    }
+
     fn is_durable(&self) -> bool {
         false
     }

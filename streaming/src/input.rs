@@ -235,6 +235,10 @@ pub struct ChannelInput {
     channel: Arc<dyn Channel>,
     /// The batch being cut.
     cut: Fingerprint,
+    /// What the channel held when the cut began and the cut may still take: the batch ends
+    /// there even if events keep arriving while it runs.
+    cut_remaining: Option<u64>,
+    cutting: bool,
 }
 
 impl ChannelInput {
@@ -242,6 +246,8 @@ impl ChannelInput {
         ChannelInput {
             channel,
             cut: Fingerprint::new(None),
+            cut_remaining: None,
+            cutting: false,
         }
     }
 
@@ -265,17 +271,30 @@ impl JobInput for ChannelInput {
     }
 
     async fn take_chunk(&mut self, max: usize) -> Result<Option<Box<dyn InputChunk>>, InputError> {
+        if !self.cutting {
+            self.cutting = true;
+            self.cut_remaining = self.channel.queued();
+        }
+        let max = match self.cut_remaining {
+            Some(left) => max.min(usize::try_from(left).unwrap_or(usize::MAX)),
+            None => max,
+        };
         if max == 0 {
             return Ok(None);
         }
         let Some(t) = self.take(max).await? else {
             return Ok(None);
         };
+        if let Some(left) = &mut self.cut_remaining {
+            *left = left.saturating_sub(t.len() as u64);
+        }
         self.cut.add(t.events());
         Ok(Some(Box::new(t)))
     }
 
     fn end_cut(&mut self) -> InputPosition {
+        self.cutting = false;
+        self.cut_remaining = None;
         let fp = std::mem::replace(&mut self.cut, Fingerprint::new(None));
         let (events, fingerprint, _) = fp.finish();
         InputPosition::Channel {
@@ -472,5 +491,25 @@ mod tests {
         let mut other = Fingerprint::new(None);
         other.add(&evs[1..]);
         assert_ne!(other.finish().1, fp, "a different run of events");
+    }
+
+    #[tokio::test]
+    async fn a_channel_cut_ends_at_what_the_channel_held_when_it_began() {
+        use weir_core::memory::{MemoryChannel, MemoryChannelConfig};
+        let ch = Arc::new(MemoryChannel::new("c", MemoryChannelConfig::default()));
+        ch.put(events()).await.unwrap();
+        let mut input = ChannelInput::new(ch.clone());
+        let first = input.take_chunk(4).await.unwrap().unwrap();
+        // Arrives while the batch runs: belongs to the next batch.
+        ch.put(events()).await.unwrap();
+        let rest = input.take_chunk(100).await.unwrap().unwrap();
+        assert_eq!((first.len(), rest.len()), (4, 6));
+        assert!(input.take_chunk(100).await.unwrap().is_none());
+        let InputPosition::Channel { events: n, .. } = input.end_cut() else {
+            panic!("a channel position");
+        };
+        assert_eq!(n, 10);
+        let next = input.take_chunk(100).await.unwrap().unwrap();
+        assert_eq!(next.len(), 10);
     }
 }

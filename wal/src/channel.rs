@@ -712,6 +712,14 @@ impl Channel for FileChannel {
         }
     }
 
+    fn queued(&self) -> Option<u64> {
+        // Seqs past the cursor were never taken, so none is committed: an upper bound that
+        // is exact unless a recovered record was partly committed before the restart.
+        let st = lock(&self.inner.state);
+        let end = st.records.back().map_or(st.cursor, |r| r.end());
+        Some(end.saturating_sub(st.cursor) + st.redeliver.len() as u64)
+    }
+
     fn is_durable(&self) -> bool {
         true
     }

@@ -732,3 +732,27 @@ proptest! {
         })?;
     }
 }
+
+#[tokio::test]
+async fn queued_counts_what_a_take_could_return_now() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ch = FileChannel::open("c", tmp.path(), small(1000))
+        .await
+        .unwrap();
+    assert_eq!(ch.queued(), Some(0));
+    for b in 0..3u64 {
+        ch.put((b * 10..b * 10 + 10).map(ev).collect())
+            .await
+            .unwrap();
+    }
+    assert_eq!(ch.queued(), Some(30));
+    let a = ch.take(15).await.unwrap().unwrap();
+    assert_eq!(ch.queued(), Some(15), "taken events are not queued");
+    let b = ch.take(5).await.unwrap().unwrap();
+    drop(a);
+    assert_eq!(ch.queued(), Some(25), "a rollback queues its events again");
+    b.commit().await.unwrap();
+    assert_eq!(ch.queued(), Some(25));
+    assert_eq!(ch.stats().events, 25);
+    ch.close().await;
+}
