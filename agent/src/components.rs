@@ -50,13 +50,35 @@ fn deserialize_from<'de, T: DeserializeOwned, D: serde::Deserializer<'de>>(
     value: D,
 ) -> Result<T, FieldError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
-        let mut path = e.path().to_string();
-        if path == "." {
-            path.clear();
-        }
+        let path = key_path(e.path());
         let message = e.inner().to_string().trim().to_string();
         FieldError { path, message }
     })
+}
+
+/// The path inside a table as the config spells it (`a.b[2].c`), each key quoted when it
+/// is not a bare TOML key, so an empty key still shows (`a.''`).
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(&crate::config::key_segment(key));
+            }
+            Segment::Unknown => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push('?');
+            }
+        }
+    }
+    out
 }
 
 /// A job's `input = { kafka = … }` table (the streaming crate keeps it as JSON), checked.

@@ -5,6 +5,7 @@
 //! each component table is deserialized on its own into the struct its `type` names, and
 //! finally the wiring is checked (channels exist, one consumer per channel, no port clashes).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -136,7 +137,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
     for key in root.keys() {
         if !SECTIONS.contains(&key.as_str()) {
             errors.push(ConfigError {
-                path: key.clone(),
+                path: key_segment(key).into_owned(),
                 message: format!("unknown section, expected one of: {}", SECTIONS.join(", ")),
             });
         }
@@ -170,7 +171,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
 
     let mut sources = BTreeMap::new();
     for (name, table) in section(&mut root, "sources", &mut errors) {
-        let at = format!("sources.{name}");
+        let at = component_path("sources", &name);
         let Some(mut table) = component_table(&at, table, &mut errors) else {
             continue;
         };
@@ -214,7 +215,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
     let mut declared = Declared::default();
     for (name, table) in section(&mut root, "channels", &mut errors) {
         declared.channels.push(name.clone());
-        let at = format!("channels.{name}");
+        let at = component_path("channels", &name);
         let Some(mut table) = component_table(&at, table, &mut errors) else {
             continue;
         };
@@ -235,16 +236,14 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
 
     let mut sinks = BTreeMap::new();
     for (name, table) in section(&mut root, "sinks", &mut errors) {
-        let at = format!("sinks.{name}");
+        let at = component_path("sinks", &name);
         let Some(mut table) = component_table(&at, table, &mut errors) else {
             continue;
         };
         let kind = take_type(&at, &mut table, &mut errors);
         let channel = match table.remove("channel") {
             Some(toml::Value::String(s)) => {
-                declared
-                    .consumers
-                    .push((format!("sinks.{name}"), s.clone()));
+                declared.consumers.push((at.clone(), s.clone()));
                 Some(s)
             }
             Some(_) => {
@@ -275,7 +274,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
 
     let mut jobs = BTreeMap::new();
     for (name, table) in section(&mut root, "jobs", &mut errors) {
-        let at = format!("jobs.{name}");
+        let at = component_path("jobs", &name);
         match deserialize::<JobConfig>(table) {
             Ok(job) => {
                 for (path, message) in job.check() {
@@ -308,6 +307,38 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
         Ok(config)
     } else {
         Err(fail(errors))
+    }
+}
+
+/// `SECTION.NAME` for a component, its name quoted when it is not a bare TOML key.
+fn component_path(section: &str, name: &str) -> String {
+    format!("{section}.{}", key_segment(name))
+}
+
+/// One key of a path as TOML would spell it: bare when it can be, else quoted, so an empty
+/// key (`''`) or one with a dot (`'a.b'`) still shows where the problem is.
+pub fn key_segment(key: &str) -> Cow<'_, str> {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        Cow::Borrowed(key)
+    } else if !key.contains('\'') && !key.chars().any(char::is_control) {
+        Cow::Owned(format!("'{key}'"))
+    } else {
+        let mut quoted = String::with_capacity(key.len() + 2);
+        quoted.push('"');
+        for c in key.chars() {
+            match c {
+                '"' => quoted.push_str("\\\""),
+                '\\' => quoted.push_str("\\\\"),
+                c if c.is_control() => quoted.push_str(&format!("\\u{:04X}", c as u32)),
+                c => quoted.push(c),
+            }
+        }
+        quoted.push('"');
+        Cow::Owned(quoted)
     }
 }
 
@@ -459,11 +490,14 @@ fn check_wiring(config: &Config, declared: &Declared) -> Vec<ConfigError> {
         let mut seen = Vec::new();
         for (i, ch) in source.channels.iter().enumerate() {
             if !exists(ch) {
-                errors.push(err(format!("sources.{name}.channels[{i}]"), missing(ch)));
+                errors.push(err(
+                    format!("{}.channels[{i}]", component_path("sources", name)),
+                    missing(ch),
+                ));
             }
             if seen.contains(&ch) {
                 errors.push(err(
-                    format!("sources.{name}.channels[{i}]"),
+                    format!("{}.channels[{i}]", component_path("sources", name)),
                     format!("channel `{ch}` is listed twice"),
                 ));
             }
@@ -472,7 +506,7 @@ fn check_wiring(config: &Config, declared: &Declared) -> Vec<ConfigError> {
         for (key, ch) in source.selector.mentioned_channels() {
             if !source.channels.iter().any(|c| c == ch) {
                 errors.push(err(
-                    format!("sources.{name}.{key}"),
+                    format!("{}.{key}", component_path("sources", name)),
                     format!("channel `{ch}` is not one of this source's channels"),
                 ));
             }
@@ -497,12 +531,12 @@ fn check_wiring(config: &Config, declared: &Declared) -> Vec<ConfigError> {
     for name in &declared.channels {
         match consumers.get(name.as_str()).map(Vec::as_slice) {
             None | Some([]) => errors.push(err(
-                format!("channels.{name}"),
+                component_path("channels", name),
                 "no sink or job drains this channel: events put into it would never leave",
             )),
             Some([_]) => {}
             Some(many) => errors.push(err(
-                format!("channels.{name}"),
+                component_path("channels", name),
                 format!(
                     "consumed by {}; a channel has exactly one consumer (to copy events, give the source one channel per consumer)",
                     many.join(" and ")
@@ -526,13 +560,13 @@ fn check_wiring(config: &Config, declared: &Declared) -> Vec<ConfigError> {
         s.config
             .listens()
             .into_iter()
-            .map(move |l| (format!("sources.{n}.{}", l.key), l))
+            .map(move |l| (format!("{}.{}", component_path("sources", n), l.key), l))
     });
     let sinks = config.sinks.iter().flat_map(|(n, s)| {
         s.config
             .listens()
             .into_iter()
-            .map(move |l| (format!("sinks.{n}.{}", l.key), l))
+            .map(move |l| (format!("{}.{}", component_path("sinks", n), l.key), l))
     });
     for (path, listen) in http.chain(sources).chain(sinks) {
         if listen.addr.port() != 0 {
@@ -722,6 +756,41 @@ mod tests {
         let e = errors(&text);
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].starts_with("sources.in.interceptors[1]"), "{e:?}");
+    }
+
+    /// Found by the `config_toml` fuzz target (`fuzz/regressions/config_toml-empty-key-path`):
+    /// an empty key made an error with an empty path, which names nothing.
+    #[test]
+    fn empty_and_dotted_keys_are_quoted_in_error_paths() {
+        let input = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/regressions/config_toml-empty-key-path"
+        ))
+        .unwrap();
+        let e = errors(&input);
+        assert!(e[0].starts_with("'': unknown section"), "{e:?}");
+
+        let e = errors(&format!(
+            "{GOOD}\n[sinks.'']\ntype = \"null\"\nchannel = \"c\"\n"
+        ));
+        assert!(
+            e[0].starts_with("channels.c: consumed by sinks.'' and sinks.out"),
+            "{e:?}"
+        );
+        let e = errors(
+            &GOOD
+                .replace("[sinks.out]", "[sinks.\"a.b\"]")
+                .replace("console", "consol"),
+        );
+        assert!(e[0].starts_with("sinks.'a.b'.type: unknown type"), "{e:?}");
+        let e = errors(&GOOD.replace("max_bytes", "\"\""));
+        assert!(e[0].starts_with("channels.c.'': unknown field"), "{e:?}");
+        let e = errors("[sources.\"it's\"]\ntype = 1\n");
+        assert!(
+            e[0].starts_with("sources.\"it's\".type: must be a string"),
+            "{e:?}"
+        );
+        assert_eq!(key_segment("a\tb"), "\"a\\u0009b\"");
     }
 
     #[test]
