@@ -100,6 +100,7 @@
 pub mod client;
 pub mod codec;
 pub mod datum;
+pub mod datum_bounds;
 pub mod deflate;
 pub mod ipc;
 pub mod listener;

@@ -8,9 +8,13 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 use md5::{Digest, Md5 as Md5Hasher};
 use serde_json::{Map, Value};
+
+use crate::datum_bounds;
 
 /// An MD5 protocol hash as sent in the handshake (`fixed MD5(16)`).
 pub type Md5 = [u8; 16];
@@ -429,17 +433,24 @@ pub const SLOW_PATH_MAX_ALLOCATION: usize = crate::codec::DEFAULT_MAX_FRAME_BYTE
 
 /// Re-encode a datum written with `writer` so it reads as `reader` (Avro schema resolution).
 /// The slow path, used only when a peer's protocol differs from ours. Input comes from the
-/// network, so a panic inside `apache-avro` is caught and reported as an error.
+/// network: [`datum_bounds::check`] first refuses a datum whose decoding could allocate or
+/// recurse beyond its length, and a panic inside `apache-avro` is caught and reported.
 pub fn resolve_datum(writer: &Schema, reader: &Schema, data: &[u8]) -> Result<Vec<u8>, String> {
     apache_avro::util::max_allocation_bytes(SLOW_PATH_MAX_ALLOCATION);
+    datum_bounds::check(writer, data).map_err(|e| format!("refused the peer's datum: {e}"))?;
     let run = || {
         let mut slice = data;
-        let value = apache_avro::from_avro_datum(writer, &mut slice, Some(reader))
+        let value = GenericDatumReader::builder(writer)
+            .reader_schema(reader)
+            .build()
+            .and_then(|r| r.read_value(&mut slice))
             .map_err(|e| format!("cannot resolve the peer's datum: {e}"))?;
         if !slice.is_empty() {
             return Err(format!("{} trailing bytes after the datum", slice.len()));
         }
-        apache_avro::to_avro_datum(reader, value)
+        GenericDatumWriter::builder(reader)
+            .build()
+            .and_then(|w| w.write_value_to_vec(value))
             .map_err(|e| format!("cannot re-encode datum: {e}"))
     };
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))

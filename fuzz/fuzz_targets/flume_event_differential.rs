@@ -5,6 +5,7 @@
 
 use std::sync::Once;
 
+use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
@@ -55,7 +56,9 @@ fuzz_target!(|data: &[u8]| {
         .expect("appendBatch schema");
     let ours = decode_events(Bytes::copy_from_slice(data));
     let mut rest = data;
-    let theirs = apache_avro::from_avro_datum(&schema, &mut rest, None)
+    let theirs = GenericDatumReader::builder(&schema)
+        .build()
+        .and_then(|r| r.read_value(&mut rest))
         .ok()
         .filter(|_| rest.is_empty())
         .and_then(events_of);
