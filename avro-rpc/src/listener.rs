@@ -329,6 +329,45 @@ mod tests {
         );
     }
 
+    /// The filter comes before the connection limit: refused peers neither take the one
+    /// place nor reach the server, and count only as refused.
+    #[tokio::test]
+    async fn refused_peers_take_no_place_under_the_connection_limit() {
+        let (addr, stop, _rec, task, metrics) = start(ListenerOptions {
+            ip_filter: Some(IpFilter::parse("deny:ip:127.0.0.2,allow:ip:*").expect("rules")),
+            max_connections: 1,
+            ..Default::default()
+        })
+        .await;
+        let mut denied = Vec::new();
+        for _ in 0..3 {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket
+                .bind("127.0.0.2:0".parse().expect("addr"))
+                .expect("bind");
+            denied.push(socket.connect(addr).await.expect("connect"));
+        }
+        let mut allowed = client(addr).await;
+        assert_eq!(allowed.append_batch(&[]).await.expect("rpc"), Status::Ok);
+        for mut d in denied {
+            let mut buf = Vec::new();
+            let n = tokio::time::timeout(Duration::from_secs(10), d.read_to_end(&mut buf))
+                .await
+                .expect("closed promptly");
+            assert!(n.map_or(true, |n| n == 0), "refused: no reply");
+        }
+        assert_eq!(
+            metrics.counter(MetricName::ConnectionsRejectedTotal).get(),
+            3
+        );
+        assert_eq!(
+            metrics.counter(MetricName::ConnectionsAcceptedTotal).get(),
+            1
+        );
+        stop.cancel();
+        task.await.expect("join");
+    }
+
     #[tokio::test]
     async fn ip_filter_and_connection_limit() {
         let (addr, stop, _rec, task, metrics) = start(ListenerOptions {

@@ -475,6 +475,7 @@ pub(crate) mod tests {
         pub channel: Arc<MemoryChannel>,
         pub shutdown: CancellationToken,
         pub task: tokio::task::JoinHandle<Result<(), ComponentError>>,
+        pub metrics: ComponentMetrics,
     }
 
     pub(crate) fn run_source(src: Box<dyn Source>, max_events: u64) -> Running {
@@ -489,11 +490,12 @@ pub(crate) mod tests {
             ChannelProcessor::new(vec![channel.clone()], &SelectorConfig::default()).unwrap(),
         );
         let shutdown = CancellationToken::new();
+        let metrics = ComponentMetrics::new(Registry::default(), "source", "t");
         let cx = SourceContext {
             id: "t".into(),
             output,
             shutdown: shutdown.clone(),
-            metrics: ComponentMetrics::new(Registry::default(), "source", "t"),
+            metrics: metrics.clone(),
             ready: Default::default(),
         };
         let task = tokio::spawn(src.run(cx));
@@ -501,6 +503,7 @@ pub(crate) mod tests {
             channel,
             shutdown,
             task,
+            metrics,
         }
     }
 
@@ -551,6 +554,31 @@ pub(crate) mod tests {
                 .unwrap(),
             format!("/127.0.0.1:{}", client.local_addr().unwrap().port())
         );
+        r.shutdown.cancel();
+        r.task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn datagrams_from_peers_the_ip_filter_refuses_are_dropped_and_counted() {
+        let mut cfg = UdpSourceConfig::from_address("127.0.0.1:0".parse().unwrap());
+        cfg.ip_filter = Some("deny:ip:127.0.0.2,allow:ip:*".into());
+        let src = cfg.build().unwrap();
+        let addr = src.local_addr().unwrap();
+        let r = run_source(Box::new(src), 1000);
+        let denied = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+        let allowed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // The refused datagrams are queued first: without the filter they would come first.
+        for _ in 0..3 {
+            denied.send_to(b"denied", addr).unwrap();
+        }
+        allowed.send_to(b"allowed", addr).unwrap();
+        let got = take_n(&r.channel, 1).await;
+        assert_eq!(&got[0].body[..], b"allowed");
+        let rejected = r.metrics.counter(MetricName::DatagramsRejectedTotal);
+        assert_eq!(rejected.get(), 3);
+        allowed.send_to(b"again", addr).unwrap();
+        let got = take_n(&r.channel, 1).await;
+        assert_eq!(&got[0].body[..], b"again", "nothing else was put");
         r.shutdown.cancel();
         r.task.await.unwrap().unwrap();
     }
