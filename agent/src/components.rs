@@ -9,6 +9,7 @@ use weir_core::ComponentError;
 use weir_core::{Channel, MemoryChannel, MemoryChannelConfig, Sink, Source};
 use weir_kafka::channel::{KafkaChannel, KafkaChannelConfig};
 use weir_kafka::direct::KafkaDirectConfig;
+use weir_kafka::output::KafkaOutputConfig;
 use weir_kafka::sink::KafkaSinkConfig;
 use weir_kafka::source::KafkaSourceConfig;
 use weir_sinks::avro::AvroSinkConfig;
@@ -84,6 +85,18 @@ fn key_path(path: &serde_path_to_error::Path) -> String {
 /// A job's `input = { kafka = … }` table (the streaming crate keeps it as JSON), checked.
 pub fn kafka_input(table: &serde_json::Value) -> Result<KafkaDirectConfig, FieldError> {
     let c: KafkaDirectConfig = deserialize_from(table.clone())?;
+    let problems = c.check();
+    checked(c, problems)
+}
+
+/// A job's `output = { type = "kafka", … }` table (the streaming crate keeps it as JSON,
+/// `type` included), checked.
+pub fn kafka_output(table: &serde_json::Value) -> Result<KafkaOutputConfig, FieldError> {
+    let mut table = table.clone();
+    if let Some(t) = table.as_object_mut() {
+        t.remove("type");
+    }
+    let c: KafkaOutputConfig = deserialize_from(table)?;
     let problems = c.check();
     checked(c, problems)
 }

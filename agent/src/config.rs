@@ -288,6 +288,9 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
                         errors.push(located(&format!("{at}.{key}"), e));
                     }
                 }
+                if let Err((path, message)) = crate::jobs::kafka_output(&job) {
+                    errors.push(err(format!("{at}.{path}"), message));
+                }
                 jobs.insert(name, job);
             }
             Err(e) => errors.push(located(&at, e)),

@@ -1,4 +1,5 @@
-//! What the agent supplies to micro-batch jobs: their `avro` output's client.
+//! What the agent supplies to micro-batch jobs: their `avro` output's client and their
+//! `kafka` output.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,8 @@ use weir_avro_rpc::datum::Status;
 use weir_avro_rpc::protocol::Protocol;
 use weir_avro_rpc::transport::{BoxStream, ClientLayers};
 use weir_core::Event;
+use weir_kafka::output::KafkaOutputConfig;
+use weir_streaming::config::{JobConfig, OutputConfig};
 use weir_streaming::output::EventsFn;
 
 /// Sends each batch of results with `appendBatch` to a Flume `AvroSource` (or weir's), on one
@@ -49,4 +52,61 @@ pub fn avro_events_output(host: String, port: u16) -> EventsFn {
             }
         })
     })
+}
+
+/// A job's `kafka` output and the consumer group its transactions commit the job's Kafka
+/// input offsets to.
+#[derive(Clone, Debug)]
+pub struct KafkaJobOutput {
+    pub config: KafkaOutputConfig,
+    /// The Kafka inputs' `group.id`; `None` without a transactional id or Kafka input.
+    pub group: Option<String>,
+}
+
+/// The job's `kafka` output, if it has one, checked: problems as `(key path relative to the
+/// job table, message)`. Exactly-once commits the Kafka inputs' offsets to their consumer
+/// group, so a transactional output needs every Kafka input to name the same `group.id`.
+pub fn kafka_output(job: &JobConfig) -> Result<Option<KafkaJobOutput>, (String, String)> {
+    let OutputConfig::Kafka(table) = &job.output else {
+        return Ok(None);
+    };
+    let config = crate::components::kafka_output(table).map_err(|e| {
+        let path = if e.path.is_empty() {
+            "output".to_string()
+        } else {
+            format!("output.{}", e.path)
+        };
+        (path, e.message)
+    })?;
+    let mut group = None;
+    if config.transactional_id.is_some() {
+        for (at, table) in job.kafka_inputs() {
+            // A bad input table is reported on its own.
+            let Ok(input) = crate::components::kafka_input(table) else {
+                continue;
+            };
+            let Some(id) = input.properties.get("group.id") else {
+                return Err((
+                    "output.transactional_id".into(),
+                    format!(
+                        "exactly-once commits the consumed offsets to the Kafka input's \
+                         consumer group: set `group.id` in `{at}.properties`"
+                    ),
+                ));
+            };
+            match &group {
+                Some(g) if g != id => {
+                    return Err((
+                        "output.transactional_id".into(),
+                        format!(
+                            "one transaction commits offsets to one consumer group, but the \
+                             Kafka inputs name `{g}` and `{id}`"
+                        ),
+                    ))
+                }
+                _ => group = Some(id.clone()),
+            }
+        }
+    }
+    Ok(Some(KafkaJobOutput { config, group }))
 }

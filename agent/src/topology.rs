@@ -398,6 +398,8 @@ impl Topology {
             let metrics = ComponentMetrics::new(self.registry.clone(), "job", id.clone());
             let stop = CancellationToken::new();
             let (id2, data_dir) = (id.clone(), self.config.agent.data_dir.clone());
+            // Checked when the config was loaded.
+            let kafka_output = crate::jobs::kafka_output(job).ok().flatten();
             let events_output = match &job.output {
                 weir_streaming::config::OutputConfig::Avro { hostname, port } => {
                     Some(crate::jobs::avro_events_output(hostname.clone(), *port))
@@ -417,15 +419,26 @@ impl Topology {
                         BuildContext::new(inputs.clone(), data_dir.clone(), cx_stop.clone());
                     cx.events_output = events_output.clone();
                     cx.metrics = Some(job_metrics.clone());
+                    // A new producer per (re)start: its `init_transactions` aborts what the
+                    // failed run left open.
+                    let transactional = kafka_output
+                        .as_ref()
+                        .is_some_and(|k| k.config.transactional_id.is_some());
                     let built = kafka
                         .iter()
                         .map(|k| {
-                            let input = k.build(config.batch_interval.0, cx_stop.clone())?;
+                            let mut input = k.build(config.batch_interval.0, cx_stop.clone())?;
+                            if transactional {
+                                input.leave_commits_to_output();
+                            }
                             Ok(Box::new(input) as Box<dyn JobInput>)
                         })
                         .collect::<Result<Vec<_>, ComponentError>>()
                         .and_then(|inputs| {
                             cx.kafka_inputs = inputs;
+                            if let Some(k) = &kafka_output {
+                                cx.transactional_output = Some(k.config.build(k.group.as_deref())?);
+                            }
                             Ok(config.build(&id2, cx)?)
                         });
                     async move { Ok(built?.run().await?) }

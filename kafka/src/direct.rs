@@ -20,7 +20,8 @@
 //! before it was read fails the job instead of being passed over).
 //!
 //! With `group.id` in `properties`, each batch's end offsets are also committed to that
-//! consumer group once the batch is committed, for lag monitoring; the job itself resumes
+//! consumer group once the batch is committed, for lag monitoring (or, with a transactional
+//! `kafka` output, by the output in the batch's transaction); the job itself resumes
 //! from its checkpoint. A job that has no checkpoint yet starts from the group's committed
 //! offsets when there are any, else from `starting`.
 
@@ -116,6 +117,7 @@ impl KafkaDirectConfig {
             starting: self.starting,
             per_batch_cap,
             group: self.properties.contains_key("group.id"),
+            commit_to_group: true,
             consumer: Arc::new(consumer),
             offsets: Arc::new(offsets),
             reader: Arc::new(Mutex::new(Reader::default())),
@@ -137,6 +139,9 @@ pub struct KafkaDirectInput {
     starting: StartFrom,
     per_batch_cap: Option<u64>,
     group: bool,
+    /// Whether committed batches commit their offsets to the group (see
+    /// [`KafkaDirectInput::leave_commits_to_output`]).
+    commit_to_group: bool,
     consumer: Arc<BaseConsumer>,
     offsets: Arc<BaseConsumer>,
     reader: Arc<Mutex<Reader>>,
@@ -186,6 +191,13 @@ impl KafkaDirectInput {
             .await
             .map_err(|e| self.err(e.to_string()))?
             .map_err(|e| self.err(e))
+    }
+
+    /// For a job whose transactional `kafka` output commits this input's offsets in each
+    /// batch's transaction: the input's own commit, made later, after the checkpoint, could
+    /// move the group back behind a newer transaction.
+    pub fn leave_commits_to_output(&mut self) {
+        self.commit_to_group = false;
     }
 
     /// The next batch's ranges: every partition from where the last batch ended to its
@@ -247,7 +259,7 @@ impl JobInput for KafkaDirectInput {
                 *d = r.until;
             }
         }
-        let commit = self.group.then(|| {
+        let commit = (self.group && self.commit_to_group).then(|| {
             let ends = sub.iter().filter(|r| r.count() > 0).cloned().collect();
             (self.consumer.clone(), ends)
         });

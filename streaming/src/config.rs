@@ -216,7 +216,7 @@ pub struct WindowConfig {
     pub inverse: bool,
 }
 
-/// `output = { type = "print" | "file" | "avro", … }`.
+/// `output = { type = "print" | "file" | "avro" | "kafka", … }`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum OutputConfig {
@@ -237,6 +237,12 @@ pub enum OutputConfig {
     /// Results as Flume events (body = the result's text, `timestamp` header = batch time)
     /// to a Flume AvroSource; the agent supplies the client as [`BuildContext::events_output`].
     Avro { hostname: String, port: u16 },
+    /// Results as records of a Kafka topic (key = the result's key, value = its count or
+    /// text, see [`Row::into_record`]), with a `transactional_id` in one transaction per
+    /// batch together with the batch's Kafka input offsets. The table is kept as is for the
+    /// agent, which checks it and supplies the output as
+    /// [`BuildContext::transactional_output`] (`weir_kafka::output`).
+    Kafka(serde_json::Value),
 }
 
 const fn default_print_n() -> usize {
@@ -258,6 +264,9 @@ pub struct BuildContext {
     pub shutdown: CancellationToken,
     /// Required for `output.type = "avro"`: sends one batch of events, `Ok` once accepted.
     pub events_output: Option<EventsFn>,
+    /// Required for `output.type = "kafka"`: writes one batch's records and commits its
+    /// input positions with them.
+    pub transactional_output: Option<crate::TransactionalFn>,
     /// Test hooks: replace the clock and the `print` target.
     pub clock: Option<SharedClock>,
     pub print_target: Option<PrintTarget>,
@@ -277,6 +286,7 @@ impl BuildContext {
             data_dir,
             shutdown,
             events_output: None,
+            transactional_output: None,
             clock: None,
             print_target: None,
             metrics: None,
@@ -289,6 +299,17 @@ impl BuildContext {
 pub enum Row {
     Text(String),
     Pair(String, f64),
+}
+
+impl Row {
+    /// The row as a record for the `kafka` output: a pair's key in the `key` header and its
+    /// value as text in the body (`3`, `2.5`); a text as the body, without a key.
+    pub fn into_record(self) -> Event {
+        match self {
+            Row::Text(s) => Event::new(s),
+            Row::Pair(k, v) => Event::new(v.to_text()).with_header("key", k),
+        }
+    }
 }
 
 impl OutputFmt for Row {
@@ -737,6 +758,15 @@ impl JobConfig {
                 prefix,
                 suffix,
             } => rows.file(dir.clone(), prefix.clone(), suffix.clone()),
+            OutputConfig::Kafka(_) => match cx.transactional_output {
+                Some(send) => rows.transactional(send, |_, row| row.into_record()),
+                None => {
+                    return Err(cfg_err(
+                        "output type `kafka` needs the agent to supply a transactional output"
+                            .into(),
+                    ))
+                }
+            },
             OutputConfig::Avro { .. } => match cx.events_output {
                 Some(send) => rows.events(send, text_event),
                 None => {

@@ -667,7 +667,9 @@ impl Job {
         self.check_fail(FailPoint::AfterTake)?;
         let input_events: u64 = batches.iter().map(|b| b.len() as u64).sum();
         {
-            let cx = BatchCx::new(time_ms, self.interval_ms, &[]);
+            let positions: Vec<InputPosition> =
+                batches.iter().map(|b| b.position().clone()).collect();
+            let cx = BatchCx::new(time_ms, self.interval_ms, &[]).with_positions(&positions);
             for o in &mut self.outputs {
                 if let Err(source) = o.runner.finish(&cx).await {
                     return Err(JobError::Output {

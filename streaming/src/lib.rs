@@ -36,15 +36,18 @@
 //!   the checkpoint and the commit), it is committed now without being processed again.
 //! * `pending` batches are re-cut (same event count and fingerprint; the check takes the
 //!   events and rolls them back) and run again with their original batch times, from that
-//!   state; outputs are re-written (idempotent for `file`), state ends up exactly as without
-//!   the crash.
+//!   state; outputs are re-written (idempotent for `file`; a `transactional` output that
+//!   committed the batch's input positions with its results finds them committed and does
+//!   not write again), state ends up exactly as without the crash.
 //! * Then batches continue on the grid right after the last batch done: ticks missed while
 //!   down are run at once, back to back (Spark re-runs them too), so batch times have no
 //!   holes and a batch cut but not journaled before the crash gets its original time
 //!   (beyond `max_catch_up_batches` missed ticks the job resumes at the next tick instead).
 //!
-//! Result: exactly-once state and exactly-once files for idempotent outputs; `print`,
-//! `events` and `for_each_batch` may repeat a batch (at-least-once).
+//! Result: exactly-once state, exactly-once files for idempotent outputs and exactly-once
+//! records for transactional ones (the Kafka output with a transactional id, whose
+//! transactions carry the Kafka input offsets); `print`, `events` and `for_each_batch` may
+//! repeat a batch (at-least-once).
 //!
 //! **Channel positions are implicit**: a channel redelivers uncommitted events first and in
 //! order, so a batch is identified by its event count plus a [fingerprint](input::Fingerprint).
@@ -99,7 +102,9 @@ pub use input::{
 };
 pub use job::{FailPoint, Job, JobError, JobOptions, StreamingContext};
 pub use metrics::{BatchInfo, DelayHistogram, DelayHistograms, JobMetrics, DELAY_BUCKETS_MS};
-pub use output::{format_print, text_event, EventsFn, Output, OutputError, OutputFmt};
+pub use output::{
+    format_print, text_event, EventsFn, Output, OutputError, OutputFmt, TransactionalFn,
+};
 pub use rate::{PidConfig, PidRateEstimator, RateController};
 pub use stream::{field, BatchCx, Data, EventStream, Key, Stream};
 

@@ -1,12 +1,15 @@
 //! Output operations: `print`, `file`, `events` (forward results as Flume events, e.g.
-//! through the agent's Avro client) and `for_each_batch`. An output runs once per batch in
-//! definition order; a batch whose stream has no result at that time (a window between
-//! slides) is skipped.
+//! through the agent's Avro client), `transactional` (e.g. the Kafka output) and
+//! `for_each_batch`. An output runs once per batch in definition order; a batch whose stream
+//! has no result at that time (a window between slides) is skipped, except by
+//! `transactional`, which also commits the batch's input positions.
 //!
 //! Idempotence matters for exactly-once: after a crash the engine re-runs the uncommitted
 //! batches with the same batch times and the same events. The `file` output names each file
 //! by batch time and writes it temp → fsync → rename → fsync(dir), so a replay overwrites;
-//! `print`, `events` and `for_each_batch` repeat their effect (at-least-once).
+//! a `transactional` output commits the batch's input positions with its results and
+//! recognises a replayed batch it committed before; `print`, `events` and `for_each_batch`
+//! repeat their effect (at-least-once).
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -17,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use weir_core::Event;
 
+use crate::input::InputPosition;
 use crate::stream::{BatchCx, Node, StateNode, Stream};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -26,6 +30,17 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// the receiver accepted them all.
 pub type EventsFn =
     Arc<dyn Fn(Vec<Event>) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
+
+/// Writes a batch's results and commits its input positions with them, in one transaction
+/// (the agent supplies one for `type = "kafka"`): `(batch time, events, the batch's input
+/// positions in input order)`. Called for every batch, also a replayed one and one without
+/// results. `Ok` once written, or when this batch was committed before (a replay after a
+/// crash).
+pub type TransactionalFn = Arc<
+    dyn Fn(i64, Vec<Event>, Vec<InputPosition>) -> BoxFuture<'static, Result<(), BoxError>>
+        + Send
+        + Sync,
+>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
@@ -41,6 +56,8 @@ pub enum OutputError {
     Events(#[source] BoxError),
     #[error("for_each_batch output failed: {0}")]
     ForEach(#[source] BoxError),
+    #[error("transactional output failed: {0}")]
+    Transactional(#[source] BoxError),
 }
 
 /// How an element is written by `print`, `file` and `events`: like Spark's `toString`
@@ -173,7 +190,54 @@ impl<T: Send + 'static> OutputRunner for Op<T> {
     }
 }
 
+/// An output that commits the batch's input positions: runs for every batch, with results
+/// or not, so that the positions advance with empty batches too.
+struct TxOp<T> {
+    node: Box<dyn Node<T>>,
+    items: Vec<T>,
+    send: TransactionalFn,
+    to_event: Box<dyn FnMut(i64, T) -> Event + Send>,
+}
+
+impl<T: Send + 'static> OutputRunner for TxOp<T> {
+    fn chunk(&mut self, cx: &BatchCx<'_>) {
+        self.node.chunk(cx, &mut self.items);
+    }
+    fn finish<'s>(&'s mut self, cx: &BatchCx<'_>) -> BoxFuture<'s, Result<(), OutputError>> {
+        self.node.finish(cx, &mut self.items);
+        let time = cx.time_ms;
+        let events: Vec<Event> = std::mem::take(&mut self.items)
+            .into_iter()
+            .map(|x| (self.to_event)(time, x))
+            .collect();
+        let fut = (self.send)(time, events, cx.positions().to_vec());
+        Box::pin(async move { fut.await.map_err(OutputError::Transactional) })
+    }
+    fn visit_state(&mut self, f: &mut dyn FnMut(&mut dyn StateNode)) {
+        self.node.visit_state(f)
+    }
+}
+
 impl<T: Send + 'static> Stream<T> {
+    /// Writes each batch's elements, made events by `to_event(batch time, element)`, with
+    /// `send` (e.g. `weir_kafka::output`), which also commits the batch's input positions;
+    /// `send` is called for every batch, so that the positions advance with empty results
+    /// too.
+    pub fn transactional(
+        self,
+        send: TransactionalFn,
+        to_event: impl FnMut(i64, T) -> Event + Send + 'static,
+    ) -> Output {
+        Output {
+            runner: Box::new(TxOp {
+                node: self.node,
+                items: Vec::new(),
+                send,
+                to_event: Box::new(to_event),
+            }),
+        }
+    }
+
     fn output(
         self,
         write: impl FnMut(i64, Vec<T>) -> BoxFuture<'static, Result<(), OutputError>> + Send + 'static,

@@ -36,6 +36,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use weir_core::Event;
 
+use crate::input::InputPosition;
+
 /// What the operators see of one chunk of a batch (at the end of the batch: no events).
 pub struct BatchCx<'a> {
     /// The batch time `T` (ms since the Unix epoch).
@@ -43,6 +45,9 @@ pub struct BatchCx<'a> {
     pub interval_ms: i64,
     inputs: &'a [Vec<&'a [Event]>],
     malformed: Cell<u64>,
+    /// Where the batch came from, per input (set for the outputs: a transactional output
+    /// commits the Kafka offsets with its records).
+    positions: &'a [InputPosition],
 }
 
 impl<'a> BatchCx<'a> {
@@ -52,7 +57,18 @@ impl<'a> BatchCx<'a> {
             interval_ms,
             inputs,
             malformed: Cell::new(0),
+            positions: &[],
         }
+    }
+
+    pub(crate) fn with_positions(mut self, positions: &'a [InputPosition]) -> Self {
+        self.positions = positions;
+        self
+    }
+
+    /// The batch's input positions, in input order (empty while chunks are folded).
+    pub fn positions(&self) -> &[InputPosition] {
+        self.positions
     }
 
     /// Counts records an operator could not interpret (reported per batch, never a panic).
