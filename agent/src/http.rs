@@ -22,12 +22,14 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 use weir_avro_rpc::transport::BoxStream;
 use weir_core::accept::{Accepted, Acceptor, IdleTimeout};
 use weir_core::ipfilter::IpFilter;
@@ -50,6 +52,10 @@ pub struct HttpConfig {
     /// scrapes, a client that connected and went away).
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: ConfigDuration,
+    /// A request's headers must be complete within this time of its first byte (on a kept-
+    /// alive connection: of the previous response), however steadily they trickle in.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: ConfigDuration,
     /// HTTPS with a PEM certificate chain and key: `tls = { cert = "cert.pem", key = "key.pem" }`.
     /// The handshake must finish within `idle_timeout`.
     #[serde(default)]
@@ -66,6 +72,9 @@ const fn default_max_connections() -> usize {
 const fn default_idle_timeout() -> ConfigDuration {
     ConfigDuration::from_secs(60)
 }
+const fn default_header_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(30)
+}
 
 impl HttpConfig {
     pub fn from_address(bind: SocketAddr) -> Self {
@@ -73,6 +82,7 @@ impl HttpConfig {
             bind,
             max_connections: default_max_connections(),
             idle_timeout: default_idle_timeout(),
+            header_timeout: default_header_timeout(),
             tls: None,
             ip_filter: None,
         }
@@ -87,6 +97,9 @@ impl HttpConfig {
         if self.idle_timeout.0.is_zero() {
             errors.push(("idle_timeout", "must be more than 0".into()));
         }
+        if self.header_timeout.0.is_zero() {
+            errors.push(("header_timeout", "must be more than 0".into()));
+        }
         if let Some(Err(e)) = self.ip_filter.as_deref().map(IpFilter::parse) {
             errors.push(("ip_filter", e.to_string()));
         }
@@ -99,10 +112,9 @@ impl HttpConfig {
 
 /// The status server's connections: the IP filter and `max_connections` at accept, then each
 /// TLS handshake in a task of its own (a slow or silent client must not hold up the others);
-/// axum gets only connections ready to speak HTTP, each closed when idle.
+/// hyper gets only connections ready to speak HTTP, each closed when idle.
 struct GatedListener {
     ready: mpsc::Receiver<(LimitedConnection, SocketAddr)>,
-    local: SocketAddr,
 }
 
 /// A connection and its place under `max_connections`, freed when the connection ends.
@@ -118,7 +130,6 @@ impl GatedListener {
         idle_timeout: Duration,
         shutdown: CancellationToken,
     ) -> std::io::Result<GatedListener> {
-        let local = acceptor.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
         tokio::spawn(
             async move {
@@ -130,8 +141,23 @@ impl GatedListener {
                     let _ = stream.set_nodelay(true);
                     let tx = tx.clone();
                     let Some(tls) = tls.clone() else {
-                        let io = IdleTimeout::new(Box::new(stream) as BoxStream, idle_timeout);
-                        let _ = tx.send((LimitedConnection { io, _slot: slot }, peer)).await;
+                        // hyper's header timer starts when it waits for a request, so a new
+                        // connection goes to it at its first byte: a silent one is left to
+                        // `idle_timeout`, a slow one to `header_timeout`.
+                        tokio::spawn(
+                            async move {
+                                let first = tokio::time::timeout(idle_timeout, stream.readable());
+                                if first.await.is_ok() {
+                                    let io = IdleTimeout::new(
+                                        Box::new(stream) as BoxStream,
+                                        idle_timeout,
+                                    );
+                                    let conn = LimitedConnection { io, _slot: slot };
+                                    let _ = tx.send((conn, peer)).await;
+                                }
+                            }
+                            .in_current_span(),
+                        );
                         continue;
                     };
                     tokio::spawn(
@@ -149,7 +175,7 @@ impl GatedListener {
             }
             .in_current_span(),
         );
-        Ok(GatedListener { ready, local })
+        Ok(GatedListener { ready })
     }
 }
 
@@ -183,20 +209,10 @@ async fn https_handshake(
     }
 }
 
-impl axum::serve::Listener for GatedListener {
-    type Io = LimitedConnection;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(conn) => conn,
-            // The accept task stopped (shutdown): axum's graceful shutdown ends the serve loop.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
+impl GatedListener {
+    /// The next connection ready to speak HTTP; `None` once the accept task stopped.
+    async fn accept(&mut self) -> Option<(LimitedConnection, SocketAddr)> {
+        self.ready.recv().await
     }
 }
 
@@ -309,6 +325,7 @@ pub async fn serve(
         tls = tls.is_some(),
         max_connections = config.max_connections,
         idle_timeout = %config.idle_timeout,
+        header_timeout = %config.header_timeout,
     );
     let metrics = ComponentMetrics::new(state.registry.clone(), "http", "http");
     let acceptor = Acceptor::new(listener, config.max_connections, &metrics).with_ip_filter(filter);
@@ -322,9 +339,41 @@ pub async fn serve(
         .route("/api/jobs", get(jobs_json))
         .route("/api/components", get(components_json))
         .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    // hyper directly rather than `axum::serve`, which has no way to set a header timeout.
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout.0);
+    let mut listener = listener;
+    loop {
+        let (io, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            conn = listener.accept() => match conn {
+                Some(conn) => conn,
+                None => break,
+            },
+        };
+        let conn = http1.serve_connection(TokioIo::new(io), TowerToHyperService::new(app.clone()));
+        let shutdown = shutdown.clone();
+        tokio::spawn(
+            async move {
+                let mut conn = std::pin::pin!(conn);
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = shutdown.cancelled() => {
+                        // Finish the request in progress, take no more.
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
+                    let reason = if e.is_timeout() { "header_timeout" } else { "http" };
+                    debug!(message = "http connection closed on error", %peer, error_type = reason, error = %e);
+                }
+            }
+            .in_current_span(),
+        );
+    }
     Ok(())
 }
 

@@ -50,7 +50,7 @@ pub struct ListenerSettings<'a> {
     pub max_in_flight_bytes: u64,
     /// Close a connection that sends no request for this long (`None`: never).
     pub idle_timeout: Option<Duration>,
-    /// Close a connection that stops in the middle of a request for this long.
+    /// Close a connection whose request is not complete this long after its first byte.
     pub frame_timeout: Duration,
 }
 

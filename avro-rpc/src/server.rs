@@ -65,8 +65,9 @@ pub struct ServerOptions {
     /// Close a connection that sends no complete pack for this long (`None`: never, like Java;
     /// Flume sinks keep idle connections open between batches).
     pub idle_timeout: Option<Duration>,
-    /// Close a connection that started a pack and sent no more bytes of it for this long
-    /// (detected within +25%).
+    /// Close a connection whose pack is not complete this long after its first byte, however
+    /// steadily the bytes come: one byte a second must not hold a place forever (detected
+    /// within +25%).
     pub frame_timeout: Duration,
     /// Max time to write one reply (a peer that stops reading).
     pub write_timeout: Duration,
@@ -104,8 +105,10 @@ pub enum ConnectionError {
     Frame(#[from] FrameError),
     #[error("no complete frame for {idle:?} (idle timeout)")]
     IdleTimeout { idle: Duration },
-    #[error("peer stalled mid-frame: no progress for {timeout:?} with {buffered} bytes of a frame buffered")]
-    StalledMidFrame { timeout: Duration, buffered: usize },
+    #[error(
+        "frame not complete {timeout:?} after its first byte ({buffered} bytes of it buffered)"
+    )]
+    FrameTimeout { timeout: Duration, buffered: usize },
     #[error("writing a reply took longer than {0:?}")]
     WriteTimeout(Duration),
     #[error("bad handshake (serial {serial}): {reason}")]
@@ -120,7 +123,7 @@ impl ConnectionError {
         match self {
             ConnectionError::Frame(f) => f.kind(),
             ConnectionError::IdleTimeout { .. } => "idle_timeout",
-            ConnectionError::StalledMidFrame { .. } => "stalled_mid_frame",
+            ConnectionError::FrameTimeout { .. } => "frame_timeout",
             ConnectionError::WriteTimeout(_) => "write_timeout",
             ConnectionError::BadHandshake { .. } => "bad_handshake",
             ConnectionError::Malformed { .. } => "malformed",
@@ -436,15 +439,16 @@ impl RpcServer {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let o = &self.options;
-        // Wake up a few times per timeout to look at progress: a frame that is still growing
-        // is not stalled. Detection happens within +25% of the configured timeouts.
+        // Wake up a few times per timeout to see whether a frame has started and for how
+        // long. The deadline runs from the frame's first byte whatever arrives after it, so
+        // a trickle of bytes cannot hold the connection. Detection happens within +25%.
         let shortest = o
             .idle_timeout
             .map_or(o.frame_timeout, |i| i.min(o.frame_timeout));
         let step = (shortest / 4).max(Duration::from_millis(1));
         let started = tokio::time::Instant::now();
-        let mut last_buffered = framed.read_buffer().len();
-        let mut last_progress = started;
+        // Bytes left over from the previous pack began this one.
+        let mut frame_started = (!framed.read_buffer().is_empty()).then_some(started);
         loop {
             match tokio::time::timeout(step, framed.next()).await {
                 Ok(Some(Ok(p))) => return Ok(Some(p)),
@@ -461,14 +465,14 @@ impl RpcServer {
                 Err(_) => {
                     let now = tokio::time::Instant::now();
                     let buffered = framed.read_buffer().len();
-                    if buffered != last_buffered {
-                        last_buffered = buffered;
-                        last_progress = now;
-                    } else if buffered > 0 && now - last_progress >= o.frame_timeout {
-                        return Err(ConnectionError::StalledMidFrame {
-                            timeout: o.frame_timeout,
-                            buffered,
-                        });
+                    if buffered > 0 {
+                        let first_byte = *frame_started.get_or_insert(now);
+                        if now - first_byte >= o.frame_timeout {
+                            return Err(ConnectionError::FrameTimeout {
+                                timeout: o.frame_timeout,
+                                buffered,
+                            });
+                        }
                     }
                     if let Some(idle) = o.idle_timeout {
                         if now - started >= idle {

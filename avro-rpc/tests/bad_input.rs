@@ -338,13 +338,48 @@ async fn client_that_stops_mid_frame_times_out() {
     let packs = golden_packs("flume_plain.c2s.hex");
     c.write_all(&packs[0][..20]).await.expect("write");
     match server_result(task).await {
-        Err(ConnectionError::StalledMidFrame { timeout, buffered }) => {
+        Err(ConnectionError::FrameTimeout { timeout, buffered }) => {
             assert_eq!(timeout, Duration::from_secs(5));
             assert_eq!(buffered, 20);
         }
         other => panic!("{other:?}"),
     }
     drop(c);
+}
+
+/// One byte a second is progress of a kind, but the frame must be whole within
+/// `frame_timeout` of its first byte: a trickle cannot hold the connection.
+#[tokio::test(start_paused = true)]
+async fn client_trickling_one_byte_a_second_is_closed_at_the_frame_timeout() {
+    let (mut c, task) = spawn_server(ServerOptions {
+        frame_timeout: Duration::from_secs(5),
+        ..Default::default()
+    });
+    let packs = golden_packs("flume_plain.c2s.hex");
+    let started = tokio::time::Instant::now();
+    let trickle = tokio::spawn(async move {
+        for &b in &packs[0][..60] {
+            if c.write_all(&[b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        c
+    });
+    let result = server_result(task).await;
+    let closed_after = started.elapsed();
+    drop(trickle.await.expect("trickle"));
+    match result {
+        Err(ConnectionError::FrameTimeout { timeout, buffered }) => {
+            assert_eq!(timeout, Duration::from_secs(5));
+            assert!((5..=7).contains(&buffered), "{buffered} bytes buffered");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        closed_after >= Duration::from_secs(5) && closed_after <= Duration::from_millis(6250),
+        "closed {closed_after:?} after the first byte"
+    );
 }
 
 #[tokio::test(start_paused = true)]

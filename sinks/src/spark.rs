@@ -85,7 +85,8 @@ pub struct SparkSinkConfig {
     /// pollers keep their connections between polls.
     #[serde(default)]
     pub idle_timeout: Option<ConfigDuration>,
-    /// Close a connection that stops in the middle of a request for this long.
+    /// Close a connection whose request is not complete this long after its first byte,
+    /// however steadily it trickles in (also the TLS handshake limit).
     #[serde(default = "default_frame_timeout")]
     pub frame_timeout: ConfigDuration,
 }

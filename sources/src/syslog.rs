@@ -78,7 +78,8 @@ pub struct SyslogSourceConfig {
     /// TCP only: most connections served at once; further ones are closed at accept.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// TCP only: a connection that sends nothing for this long is closed.
+    /// TCP only: a connection that sends nothing for this long is closed, and so is one whose
+    /// message is not complete this long after its first byte.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: ConfigDuration,
     /// TCP only: bytes read from all connections and not yet committed to the channels; when
@@ -512,6 +513,8 @@ enum FrameError {
     BadLength(String),
     #[error("idle for {0:?}")]
     Idle(Duration),
+    #[error("message not complete {0:?} after its first byte")]
+    MessageTimeout(Duration),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -644,10 +647,15 @@ async fn serve(
         }
         batch.push(e);
     };
+    // When the partial message at the end of `buf` (or the rest of a skipped one) began.
+    let mut message_started: Option<tokio::time::Instant> = None;
     loop {
         loop {
             let frame = match framer.next(&mut buf) {
-                Ok(Some(f)) => f,
+                Ok(Some(f)) => {
+                    message_started = None;
+                    f
+                }
                 Ok(None) => break,
                 Err(e) => {
                     deliver(std::mem::take(&mut batch), output, shutdown, c).await;
@@ -692,10 +700,23 @@ async fn serve(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
+        // A started message must be complete within `idle_timeout` of its first byte, so a
+        // client trickling bytes cannot hold its place forever.
+        let idle = cfg.idle_timeout.0;
+        let partial = !buf.is_empty() || framer.skip > 0;
+        let wait = match partial {
+            false => idle,
+            true => idle.saturating_sub(
+                message_started
+                    .get_or_insert_with(tokio::time::Instant::now)
+                    .elapsed(),
+            ),
+        };
         let n = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            res = tokio::time::timeout(cfg.idle_timeout.0, stream.read_buf(&mut buf)) => match res {
-                Err(_) => return Err(FrameError::Idle(cfg.idle_timeout.0)),
+            res = tokio::time::timeout(wait, stream.read_buf(&mut buf)) => match res {
+                Err(_) if partial => return Err(FrameError::MessageTimeout(idle)),
+                Err(_) => return Err(FrameError::Idle(idle)),
                 Ok(r) => r?,
             },
         };

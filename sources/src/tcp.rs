@@ -7,7 +7,8 @@
 //! * with `ack = false` a full channel is retried with backoff (the connection stops being read,
 //!   which pushes back on the sender) instead of dropping the line;
 //! * a last line without a newline is delivered when the client closes, not dropped;
-//! * connections are bounded (`max_connections`) and idle ones are closed (`idle_timeout`);
+//! * connections are bounded (`max_connections`); idle ones, and ones whose line is not
+//!   complete `idle_timeout` after its first byte, are closed;
 //! * optional TLS (`tls`) and Flume's `ipFilterRules` (`ip_filter`), which Flume's netcat
 //!   source does not have.
 //!
@@ -55,7 +56,8 @@ pub struct TcpSourceConfig {
     /// Most connections served at once; further ones are closed at accept and logged.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// A connection that sends nothing for this long is closed.
+    /// A connection that sends nothing for this long is closed, and so is one whose line is
+    /// not complete this long after its first byte.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: ConfigDuration,
     /// Bytes read from all connections and not yet committed to the channels; when spent,
@@ -215,6 +217,8 @@ enum ConnectionError {
     LineTooLong { length: usize, limit: usize },
     #[error("idle for {0:?}")]
     Idle(Duration),
+    #[error("line not complete {0:?} after its first byte")]
+    LineTimeout(Duration),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -258,8 +262,11 @@ impl Connection {
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let mut splitter = LineSplitter { scanned: 0 };
         let mut batch: Vec<Event> = Vec::with_capacity(self.cfg.batch_size);
+        // When the partial line at the end of `buf` began (as first seen here).
+        let mut line_started: Option<tokio::time::Instant> = None;
         loop {
             while let Some(line) = splitter.next_line(&mut buf) {
+                line_started = None;
                 if line.len() + 1 > limit {
                     self.flush(&mut stream, &mut batch).await?;
                     return self.refuse_long_line(&mut stream, line.len() + 1).await;
@@ -281,10 +288,21 @@ impl Connection {
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(8 * 1024);
             }
+            // A started line must be complete within `idle_timeout` of its first byte, so a
+            // client trickling bytes cannot hold its place forever.
+            let wait = match buf.is_empty() {
+                true => idle,
+                false => idle.saturating_sub(
+                    line_started
+                        .get_or_insert_with(tokio::time::Instant::now)
+                        .elapsed(),
+                ),
+            };
             let n = tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(()),
-                res = tokio::time::timeout(idle, stream.read_buf(&mut buf)) => match res {
-                    Err(_) => return Err(ConnectionError::Idle(idle)),
+                res = tokio::time::timeout(wait, stream.read_buf(&mut buf)) => match res {
+                    Err(_) if buf.is_empty() => return Err(ConnectionError::Idle(idle)),
+                    Err(_) => return Err(ConnectionError::LineTimeout(idle)),
                     Ok(res) => res?,
                 },
             };

@@ -300,6 +300,88 @@ fn slowloris_clients_do_not_stop_others_being_served() {
     clients.check_nothing_lost();
 }
 
+/// A client sending one byte a second is progress of a kind, but a request (an avro or spark
+/// frame, a tcp line, a syslog message, HTTP headers) must be whole within its timeout of its
+/// first byte: the agent closes the trickle and serves everyone else meanwhile.
+#[test]
+fn one_byte_a_second_is_closed_at_the_request_timeout_and_others_are_served() {
+    const TIMEOUT: u64 = 3;
+    const SLOW: usize = 15;
+    let text = config("", &format!("header_timeout = \"{TIMEOUT}s\""))
+        .replace(
+            "max_in_flight_bytes = \"1MiB\"",
+            &format!("max_in_flight_bytes = \"1MiB\"\nframe_timeout = \"{TIMEOUT}s\""),
+        )
+        .replace(
+            "empty_wait = \"200ms\"",
+            &format!("empty_wait = \"200ms\"\nframe_timeout = \"{TIMEOUT}s\""),
+        )
+        .replace(
+            "max_line_length = 200",
+            &format!("max_line_length = 200\nidle_timeout = \"{TIMEOUT}s\""),
+        )
+        .replace(
+            "max_message_bytes = \"1KiB\"",
+            &format!("max_message_bytes = \"1KiB\"\nidle_timeout = \"{TIMEOUT}s\""),
+        );
+    let agent = Agent::start(&text);
+    let mut clients = Clients::of(&agent);
+    let slow: Vec<_> = clients
+        .listeners()
+        .into_iter()
+        .map(|(name, addr)| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            thread::spawn(move || {
+                // Bytes sent before the agent closed the connection.
+                for (sent, b) in first_bytes(name).into_iter().take(SLOW).enumerate() {
+                    if s.write_all(&[b]).is_err() {
+                        return (name, Some(sent));
+                    }
+                    // Reading for a second paces the bytes and notices the close.
+                    let mut buf = [0u8; 512];
+                    let paced = Instant::now() + Duration::from_secs(1);
+                    while Instant::now() < paced {
+                        match s.read(&mut buf) {
+                            Ok(0) => return (name, Some(sent + 1)),
+                            Ok(_) => continue,
+                            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                                return (name, Some(sent + 1))
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                }
+                (name, None)
+            })
+        })
+        .collect();
+    for round in 0..3 {
+        clients.serve_each(&format!("trickle{round}"));
+        thread::sleep(Duration::from_millis(500));
+    }
+    for t in slow {
+        let (name, closed_after) = t.join().unwrap();
+        let sent = closed_after
+            .unwrap_or_else(|| panic!("{name}: still open after {SLOW} bytes at one a second"));
+        // Detected within +25% of the timeout (avro, spark), or at it (the others).
+        assert!(
+            (TIMEOUT as usize..=TIMEOUT as usize + 3).contains(&sent),
+            "{name}: closed after {sent} bytes at one a second (timeout {TIMEOUT}s)"
+        );
+    }
+    for name in ["avro", "spark"] {
+        wait_until(SECS, &format!("{name}'s frame_timeout log line"), || {
+            agent
+                .logs()
+                .iter()
+                .any(|v| component(v) == name && v["error_type"] == "frame_timeout")
+        });
+    }
+    clients.serve_each("after");
+    clients.check_nothing_lost();
+}
+
 #[test]
 fn clients_beyond_max_connections_are_closed_logged_once_and_the_rest_keep_working() {
     const MAX: usize = 3;
@@ -651,7 +733,7 @@ fn a_spent_in_flight_budget_stops_reading_until_requests_give_bytes_back() {
         agent
             .logs()
             .iter()
-            .filter(|v| component(v) == "avro" && v["error_type"] == "stalled_mid_frame")
+            .filter(|v| component(v) == "avro" && v["error_type"] == "frame_timeout")
             .count()
     };
     let big = "b".repeat(30_000);
