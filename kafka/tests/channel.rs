@@ -73,7 +73,8 @@ fn config(brokers: &str, topic: &str, parse_as_flume_event: bool) -> KafkaChanne
         transaction_capacity: 1000,
         linger: ConfigDuration(Duration::from_millis(1)),
         compression: Compression::Lz4,
-        delivery_timeout: ConfigDuration(Duration::from_millis(800)),
+        // Generous: on a loaded machine a healthy put can take more than a second.
+        delivery_timeout: ConfigDuration(Duration::from_secs(15)),
         properties: BTreeMap::new(),
         producer_properties: BTreeMap::new(),
         consumer_properties: consumer,
@@ -224,7 +225,10 @@ async fn put_take_commit_rollback_restart_kafka_headers() {
 async fn put_fails_during_an_outage_and_the_retried_batch_loses_nothing() {
     let mock = Arc::new(Mock::start("q", 3));
     let brokers = mock.brokers();
-    let channel = KafkaChannel::open("c", config(&brokers, "q", true)).unwrap();
+    let mut cfg = config(&brokers, "q", true);
+    // Short, so each put during the outage fails quickly.
+    cfg.delivery_timeout = ConfigDuration(Duration::from_millis(800));
+    let channel = KafkaChannel::open("c", cfg).unwrap();
     channel.put(events(0, 100)).await.unwrap();
 
     mock.all_brokers(false);
