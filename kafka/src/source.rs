@@ -90,27 +90,31 @@ pub(crate) fn to_event(m: &BorrowedMessage<'_>) -> Event {
     let mut event = Event::new(bytes::Bytes::copy_from_slice(
         m.payload().unwrap_or_default(),
     ));
-    if let Some(headers) = m.headers() {
+    let record_headers = m.headers();
+    // Sized once, and weir's own headers inserted in key order (appends, no shifting): this
+    // runs for every record the direct input reads.
+    event.headers = weir_core::Headers::with_capacity(record_headers.map_or(0, |h| h.count()) + 5);
+    if let Some(headers) = record_headers {
         for h in headers.iter() {
             let value = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
             event.headers.insert(h.key.to_owned(), value);
         }
     }
-    event.headers.insert("topic".into(), m.topic().to_owned());
-    event
-        .headers
-        .insert("partition".into(), m.partition().to_string());
-    event
-        .headers
-        .insert("offset".into(), m.offset().to_string());
     if let Some(key) = m.key() {
         event
             .headers
             .insert("key".into(), String::from_utf8_lossy(key).into_owned());
     }
+    event
+        .headers
+        .insert("offset".into(), m.offset().to_string());
+    event
+        .headers
+        .insert("partition".into(), m.partition().to_string());
     if let Some(ts) = m.timestamp().to_millis() {
         event.headers.insert("timestamp".into(), ts.to_string());
     }
+    event.headers.insert("topic".into(), m.topic().to_owned());
     event
 }
 
