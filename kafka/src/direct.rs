@@ -12,7 +12,8 @@
 //! ranges again, so outputs that are idempotent per batch time (the `file` output) come out
 //! exactly once.
 //!
-//! One librdkafka consumer is assigned every partition (no group membership): librdkafka
+//! One librdkafka consumer is assigned every partition (no group membership; see group mode
+//! below for sharing partitions between instances): librdkafka
 //! fetches from every partition leader in parallel, one thread per broker. Topic metadata is
 //! read at every cut, so partitions added while running (and topics created late) are picked
 //! up, read from their first offset. A broker that is down makes the cut wait and retry,
@@ -24,17 +25,45 @@
 //! `kafka` output, by the output in the batch's transaction); the job itself resumes
 //! from its checkpoint. A job that has no checkpoint yet starts from the group's committed
 //! offsets when there are any, else from `starting`.
+//!
+//! # Consumer-group mode (`group = "…"`, Spark's `ConsumerStrategies.Subscribe`)
+//!
+//! Several instances of a job share the topics' partitions through Kafka's group protocol.
+//! A third client, the [`GroupMember`], subscribes to the topics and holds the instance's
+//! partitions without reading them (they are paused when assigned); the reading client is
+//! assigned only the owned partitions, as above. The member is polled only when a batch is
+//! cut, so its rebalance callbacks — and with the eager protocol the group's whole rebalance,
+//! which waits for every member to rejoin — happen between batches: a batch never loses a
+//! partition halfway through. The job runs one batch at a time and commits each batch's end
+//! offsets to the group synchronously once its outputs and checkpoint are written, so at a
+//! revocation everything read from the partition is committed.
+//!
+//! The source of truth for offsets is the group's committed offsets (a local checkpoint
+//! cannot be shared by instances): a partition newly owned starts at the group's offset; one
+//! the group has no offset for starts at `starting` (its first offset when it appeared while
+//! running), and that start is committed at once so that no later owner skips records before
+//! it. The checkpoint's positions are not restored, and a journaled batch is not replayed
+//! after a crash: the partitions may belong to another instance by then, which reads the
+//! batch again from the group's offsets. So: exactly once across the instances' `file`
+//! outputs through rebalances and clean stops; after a crash, the crashed instance's
+//! uncommitted batch is read again (at-least-once). Each commit carries the epoch of the
+//! assignment its ranges were read under and is dropped for partitions revoked since, so a
+//! late commit never moves a new owner's offset back. For a transactional output,
+//! [`GroupMember::group_metadata`] gives the member's generation, with which the broker
+//! fences a member that lost its partitions.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
+};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -48,6 +77,10 @@ use crate::source::{to_event, StartFrom};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a read waits without progress before it logs (and checks positions again).
 const STALL_LOG: Duration = Duration::from_secs(5);
+/// Attempts of one group-mode offset commit.
+const COMMIT_ATTEMPTS: u32 = 3;
+/// Group mode: most time a cut waits for a partition assignment while a rebalance is on.
+const REBALANCE_WAIT_MAX: Duration = Duration::from_secs(5);
 
 /// `input = { kafka = { … } }` of a job.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -64,6 +97,11 @@ pub struct KafkaDirectConfig {
     /// `kafka.maxRatePerPartition`): a batch takes at most this × the batch interval.
     #[serde(default)]
     pub max_rate_per_partition: Option<u64>,
+    /// Consumer-group mode: instances running the job with the same `group` share the
+    /// topics' partitions through Kafka's group protocol, and the group's committed offsets
+    /// (not the local checkpoint) are where each partition resumes. See the module docs.
+    #[serde(default)]
+    pub group: Option<String>,
     /// Any librdkafka consumer property, passed through (`group.id`, `isolation.level`, …).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -81,6 +119,17 @@ impl KafkaDirectConfig {
                 "properties",
                 "`enable.auto.commit` cannot be set: the job commits offsets itself".into(),
             ));
+        }
+        if let Some(group) = &self.group {
+            if group.trim().is_empty() {
+                problems.push(("group", "must name a consumer group".into()));
+            }
+            if self.properties.contains_key("group.id") {
+                problems.push((
+                    "properties",
+                    "`group.id` cannot be set together with `group`, which names the group".into(),
+                ));
+            }
         }
         problems
     }
@@ -102,7 +151,10 @@ impl KafkaDirectConfig {
             ("enable.partition.eof", "true".to_string()),
             ("isolation.level", "read_committed".to_string()),
         ];
-        let config = client_config(&self.brokers, &defaults, &self.properties);
+        let mut config = client_config(&self.brokers, &defaults, &self.properties);
+        if let Some(group) = &self.group {
+            config.set("group.id", group);
+        }
         let consumer: BaseConsumer = config.create()?;
         // Offsets and metadata go through a second client: on the reading one they would
         // queue behind fetches the broker holds for up to `fetch.wait.max.ms`.
@@ -111,6 +163,10 @@ impl KafkaDirectConfig {
             let cap = rate as u128 * batch_interval.as_millis() / 1000;
             (cap as u64).max(1)
         });
+        let member = match &self.group {
+            Some(group) => Some(GroupMember::join(&config, group, &self.topics)?),
+            None => None,
+        };
         Ok(KafkaDirectInput {
             name: format!("kafka:{}", self.topics.join(",")),
             topics: self.topics.clone(),
@@ -118,6 +174,9 @@ impl KafkaDirectConfig {
             per_batch_cap,
             group: self.properties.contains_key("group.id"),
             commit_to_group: true,
+            member,
+            owned: BTreeMap::new(),
+            rebalance_wait: batch_interval.min(REBALANCE_WAIT_MAX),
             consumer: Arc::new(consumer),
             offsets: Arc::new(offsets),
             reader: Arc::new(Mutex::new(Reader::default())),
@@ -138,10 +197,18 @@ pub struct KafkaDirectInput {
     topics: Vec<String>,
     starting: StartFrom,
     per_batch_cap: Option<u64>,
+    /// `group.id` in `properties`: batch ends are committed to it for monitoring.
     group: bool,
     /// Whether committed batches commit their offsets to the group (see
     /// [`KafkaDirectInput::leave_commits_to_output`]).
     commit_to_group: bool,
+    /// Consumer-group mode: this instance's member of the group.
+    member: Option<GroupMember>,
+    /// Group mode: the partitions this instance owned at the last cut, with the epoch of
+    /// their assignment.
+    owned: BTreeMap<Tp, u64>,
+    /// Group mode: how long a cut waits for an assignment during a rebalance.
+    rebalance_wait: Duration,
     consumer: Arc<BaseConsumer>,
     offsets: Arc<BaseConsumer>,
     reader: Arc<Mutex<Reader>>,
@@ -202,7 +269,10 @@ impl KafkaDirectInput {
 
     /// The next batch's ranges: every partition from where the last batch ended to its
     /// latest offset, at most `max_rate_per_partition` × the batch interval.
-    async fn plan(&self) -> Result<Vec<OffsetRange>, InputError> {
+    async fn plan(&mut self) -> Result<Vec<OffsetRange>, InputError> {
+        if let Some(member) = self.member.clone() {
+            return self.plan_group(member).await;
+        }
         let topics = self.topics.clone();
         let known = self.next.clone();
         let (positioned, starting, group) = (self.positioned, self.starting, self.group);
@@ -213,6 +283,43 @@ impl KafkaDirectInput {
             })
             .await?;
         Ok(plan_ranges(&ends, self.per_batch_cap))
+    }
+
+    /// Group mode: serves the group's rebalances (only here, between batches, so that a batch
+    /// never loses a partition halfway through), then plans ranges over the partitions this
+    /// instance owns. A partition newly owned (or owned again after a rebalance) starts at the
+    /// group's committed offset: whoever owned it before committed exactly what its outputs
+    /// and checkpoint covered.
+    async fn plan_group(&mut self, member: GroupMember) -> Result<Vec<OffsetRange>, InputError> {
+        let wait = self.rebalance_wait;
+        let serving = member.clone();
+        let owned = self
+            .blocking(move |_, _, stop| Ok(serving.serve(wait, stop)))
+            .await?;
+        let before = std::mem::take(&mut self.next);
+        self.next = before
+            .into_iter()
+            .filter(|(tp, _)| owned.contains_key(tp) && owned.get(tp) == self.owned.get(tp))
+            .collect();
+        self.owned = owned.clone();
+        let known = self.next.clone();
+        let (positioned, starting) = (self.positioned, self.starting);
+        let offsets = self.offsets.clone();
+        let ends = self
+            .blocking(move |_, _, stop| {
+                group_offsets(
+                    &offsets, &member, &owned, &known, positioned, starting, stop,
+                )
+            })
+            .await?;
+        Ok(plan_ranges(&ends, self.per_batch_cap))
+    }
+
+    /// Group mode: this instance's member of the consumer group (`None` otherwise). A
+    /// transactional output commits the batch's offsets with its
+    /// [`GroupMember::group_metadata`], which fences this member once it lost its partitions.
+    pub fn group_member(&self) -> Option<GroupMember> {
+        self.member.clone()
     }
 }
 
@@ -259,10 +366,24 @@ impl JobInput for KafkaDirectInput {
                 *d = r.until;
             }
         }
-        let commit = (self.group && self.commit_to_group).then(|| {
-            let ends = sub.iter().filter(|r| r.count() > 0).cloned().collect();
-            (self.consumer.clone(), ends)
-        });
+        let ends: Vec<OffsetRange> = sub.iter().filter(|r| r.count() > 0).cloned().collect();
+        let commit = match &self.member {
+            // A transactional output commits the offsets in the batch's transaction.
+            _ if !self.commit_to_group => None,
+            Some(member) => Some(Committer::Group {
+                member: member.clone(),
+                ends: (ends.into_iter())
+                    .map(|r| {
+                        let epoch = self.owned.get(&(r.topic.clone(), r.partition)).copied();
+                        (r, epoch.unwrap_or(0))
+                    })
+                    .collect(),
+            }),
+            None => self.group.then(|| Committer::Monitor {
+                consumer: self.consumer.clone(),
+                ends,
+            }),
+        };
         Ok(Some(Box::new(KafkaChunk {
             len: events.len(),
             events,
@@ -288,7 +409,9 @@ impl JobInput for KafkaDirectInput {
         for r in &ranges {
             self.next.insert((r.topic.clone(), r.partition), r.until);
         }
-        self.positioned = true;
+        // In group mode the input is positioned once it owned partitions: before that, a
+        // partition the group has no offsets for starts at `starting`.
+        self.positioned |= self.member.is_none() || !ranges.is_empty();
         InputPosition::Kafka { ranges }
     }
 
@@ -300,6 +423,12 @@ impl JobInput for KafkaDirectInput {
                 "the checkpoint holds a non-Kafka position for it: {position:?}"
             )));
         };
+        if self.member.is_some() {
+            // The partitions may belong to another instance by now, which resumes them from
+            // the group's committed offsets: replaying here could count them twice.
+            info!(message = "kafka direct input (group mode): a journaled batch is not replayed; its partitions resume from the group's committed offsets", input = %self.name, records = ranges.iter().map(OffsetRange::count).sum::<u64>());
+            return Ok(None);
+        }
         self.replay = Some(ranges.clone());
         self.cut = None;
         info!(message = "kafka direct input replays a journaled batch", input = %self.name, records = ranges.iter().map(OffsetRange::count).sum::<u64>());
@@ -310,7 +439,11 @@ impl JobInput for KafkaDirectInput {
         )))
     }
 
+    /// Not in group mode, where the group's committed offsets are where partitions resume.
     fn restore(&mut self, position: &InputPosition) {
+        if self.member.is_some() {
+            return;
+        }
         if let InputPosition::Kafka { ranges } = position {
             for r in ranges {
                 self.next.insert((r.topic.clone(), r.partition), r.until);
@@ -344,12 +477,25 @@ fn share(max: u64, remaining: &[u64]) -> Vec<u64> {
     quota
 }
 
-/// A chunk of a batch's records; committing it commits its end offsets to the consumer
-/// group when there is one (informational: the checkpoint is what the job resumes from).
+/// A chunk of a batch's records. Committing it commits its end offsets to the consumer
+/// group: in group mode, where they are where the partitions resume; with `group.id` in
+/// `properties`, for monitoring only (the checkpoint is what the job resumes from).
 struct KafkaChunk {
     events: Vec<Event>,
     len: usize,
-    commit: Option<(Arc<BaseConsumer>, Vec<OffsetRange>)>,
+    commit: Option<Committer>,
+}
+
+enum Committer {
+    Monitor {
+        consumer: Arc<BaseConsumer>,
+        ends: Vec<OffsetRange>,
+    },
+    /// Each range with the epoch of the assignment it was read under.
+    Group {
+        member: GroupMember,
+        ends: Vec<(OffsetRange, u64)>,
+    },
 }
 
 #[async_trait]
@@ -369,23 +515,243 @@ impl InputChunk for KafkaChunk {
     }
 
     async fn commit(self: Box<Self>) -> Result<(), CommitError> {
-        if let Some((consumer, ranges)) = self.commit {
-            let mut tpl = TopicPartitionList::new();
-            for r in &ranges {
-                if let Err(e) =
-                    tpl.add_partition_offset(&r.topic, r.partition, Offset::Offset(r.until))
-                {
-                    warn!(message = "kafka direct input: bad offset to commit", error = %e);
+        match self.commit {
+            None => {}
+            Some(Committer::Monitor { consumer, ends }) => {
+                let tpl = offsets_list(ends.iter());
+                if tpl.count() > 0 {
+                    // Async: only lag monitoring reads these; a lost commit is overwritten
+                    // next batch.
+                    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                        warn!(message = "kafka direct input: group offset commit failed", error = %e);
+                    }
                 }
             }
-            if tpl.count() > 0 {
-                // Async: only lag monitoring reads these; a lost commit is overwritten next batch.
-                if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                    warn!(message = "kafka direct input: group offset commit failed", error = %e);
+            Some(Committer::Group { member, ends }) => {
+                // Blocking: this commit is what the next owner of the partitions resumes from.
+                let committed = tokio::task::spawn_blocking(move || member.commit(&ends)).await;
+                if let Err(e) = committed {
+                    warn!(message = "kafka direct input: group offset commit did not run", error = %e);
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// `ranges`' ends as a commit list.
+fn offsets_list<'a>(ranges: impl Iterator<Item = &'a OffsetRange>) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for r in ranges {
+        if let Err(e) = tpl.add_partition_offset(&r.topic, r.partition, Offset::Offset(r.until)) {
+            warn!(message = "kafka direct input: bad offset to commit", error = %e);
+        }
+    }
+    tpl
+}
+
+/// Group mode: this instance's member of the consumer group, shared by the input and its
+/// chunks. Its consumer reads nothing (its partitions are paused as soon as they are
+/// assigned: a second, group-less client reads the ranges); it is polled only when a batch is
+/// cut, so rebalances happen between batches; and it commits each batch's end offsets once
+/// the batch's outputs and checkpoint are written.
+#[derive(Clone)]
+pub struct GroupMember {
+    inner: Arc<BaseConsumer<MemberContext>>,
+}
+
+/// The partitions the member owns, each with the epoch of its assignment: a commit for a
+/// partition read under an older epoch is dropped, since it may belong to someone else now.
+#[derive(Default)]
+struct Owned {
+    partitions: BTreeMap<Tp, u64>,
+    epoch: u64,
+    /// False from a revocation (or the start) until the next assignment.
+    assigned: bool,
+    /// Per partition, the last offset this member committed (or found committed)...
+    committed: BTreeMap<Tp, i64>,
+    /// ... and a later batch end whose commit failed (a broker may refuse commits while a
+    /// rebalance is on): committed when the partition comes back to this member untouched.
+    uncommitted: BTreeMap<Tp, i64>,
+}
+
+struct MemberContext {
+    group: String,
+    owned: Mutex<Owned>,
+}
+
+impl MemberContext {
+    fn owned(&self) -> std::sync::MutexGuard<'_, Owned> {
+        self.owned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ClientContext for MemberContext {}
+
+impl ConsumerContext for MemberContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let mut owned = self.owned();
+                for e in tpl.elements() {
+                    owned
+                        .partitions
+                        .remove(&(e.topic().to_string(), e.partition()));
+                }
+                owned.assigned = false;
+                info!(message = "kafka direct input: partitions revoked", group = %self.group, revoked = tpl.count(), owned = owned.partitions.len());
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => {
+                warn!(message = "kafka direct input: rebalance failed", group = %self.group, error = %e);
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            // The member only holds the partitions; the reader client fetches them.
+            if let Err(e) = consumer.pause(tpl) {
+                warn!(message = "kafka direct input: cannot pause the member's partitions", group = %self.group, error = %e);
+            }
+            let mut owned = self.owned();
+            owned.epoch += 1;
+            let epoch = owned.epoch;
+            for e in tpl.elements() {
+                owned
+                    .partitions
+                    .insert((e.topic().to_string(), e.partition()), epoch);
+            }
+            owned.assigned = true;
+            info!(message = "kafka direct input: partitions assigned", group = %self.group, assigned = tpl.count(), owned = owned.partitions.len());
+        }
+    }
+}
+
+impl GroupMember {
+    fn join(config: &ClientConfig, group: &str, topics: &[String]) -> KafkaResult<GroupMember> {
+        let mut config = config.clone();
+        config
+            .set("group.id", group)
+            .set("enable.partition.eof", "false")
+            // Paused partitions are not fetched; these keep what slips through small.
+            .set("auto.offset.reset", "latest")
+            .set("queued.max.messages.kbytes", "1024");
+        let consumer: BaseConsumer<MemberContext> = config.create_with_context(MemberContext {
+            group: group.to_string(),
+            owned: Mutex::new(Owned::default()),
+        })?;
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        Ok(GroupMember {
+            inner: Arc::new(consumer),
+        })
+    }
+
+    /// Serves the member's pending rebalance events; when it owns nothing assigned (at the
+    /// start, or after a revocation) waits up to `wait` for an assignment, since the other
+    /// members rejoin at their own next cut. Returns what it owns.
+    fn serve(&self, wait: Duration, stop: &CancellationToken) -> BTreeMap<Tp, u64> {
+        let deadline = Instant::now() + wait;
+        loop {
+            // `poll` returns after serving one event, or after the timeout.
+            for _ in 0..100 {
+                match self.inner.poll(Duration::from_millis(20)) {
+                    None => break,
+                    Some(Ok(_)) => {} // fetched before the pause took effect: not ours to read
+                    Some(Err(e)) => {
+                        warn!(message = "kafka direct input: group member error", group = %self.inner.context().group, error = %e);
+                    }
+                }
+            }
+            let owned = self.inner.context().owned();
+            if owned.assigned || Instant::now() >= deadline || stop.is_cancelled() {
+                return owned.partitions.clone();
+            }
+        }
+    }
+
+    /// Commits `ends` (synchronously) for the partitions still owned under the epoch they
+    /// were read in; a failure is logged: the next batch's commit covers it, and meanwhile a
+    /// new owner would replay (at-least-once).
+    fn commit(&self, ends: &[(OffsetRange, u64)]) {
+        let owned = self.owned_now();
+        let (mine, lost): (Vec<_>, Vec<_>) = ends
+            .iter()
+            .partition(|(r, epoch)| owned.get(&(r.topic.clone(), r.partition)) == Some(epoch));
+        if !lost.is_empty() {
+            warn!(message = "kafka direct input: not committing offsets of partitions revoked since they were read; their new owner reads them again", group = %self.inner.context().group, partitions = lost.len());
+        }
+        let tpl = offsets_list(mine.iter().map(|(r, _)| r));
+        if tpl.count() == 0 {
+            return;
+        }
+        let mut delay = Duration::from_millis(100);
+        let mut done = false;
+        for attempt in 1..=COMMIT_ATTEMPTS {
+            match self.inner.commit(&tpl, CommitMode::Sync) {
+                Ok(()) => {
+                    done = true;
+                    break;
+                }
+                Err(e) => {
+                    warn!(message = "kafka direct input: group offset commit failed", group = %self.inner.context().group, attempt, error = %e);
+                }
+            }
+            if attempt < COMMIT_ATTEMPTS {
+                std::thread::sleep(delay);
+                delay *= 2;
+            }
+        }
+        let mut owned = self.inner.context().owned();
+        for (r, _) in mine {
+            let tp = (r.topic.clone(), r.partition);
+            if done {
+                owned.uncommitted.remove(&tp);
+                owned.committed.insert(tp, r.until);
+            } else {
+                owned.uncommitted.insert(tp, r.until);
+            }
+        }
+    }
+
+    /// For a partition owned again whose group offset is still `committed`, the end of a
+    /// batch this member read after it but failed to commit.
+    fn uncommitted_end(&self, tp: &Tp, committed: Option<i64>) -> Option<i64> {
+        let owned = self.inner.context().owned();
+        match (owned.uncommitted.get(tp), owned.committed.get(tp)) {
+            (Some(&end), Some(&last)) if committed == Some(last) => Some(end),
+            _ => None,
+        }
+    }
+
+    fn found_committed(&self, tp: &Tp, offset: i64) {
+        let mut owned = self.inner.context().owned();
+        owned.uncommitted.remove(tp);
+        owned.committed.insert(tp.clone(), offset);
+    }
+
+    /// The partitions the member owns now.
+    pub fn assignment(&self) -> Vec<(String, i32)> {
+        (self.inner.context().owned().partitions.keys())
+            .cloned()
+            .collect()
+    }
+
+    fn owned_now(&self) -> BTreeMap<Tp, u64> {
+        self.inner.context().owned().partitions.clone()
+    }
+
+    /// Whether the member owns `topic`/`partition` now.
+    pub fn owns(&self, topic: &str, partition: i32) -> bool {
+        (self.inner.context().owned().partitions).contains_key(&(topic.to_string(), partition))
+    }
+
+    /// The member's group metadata (group, generation, member id) for
+    /// `send_offsets_to_transaction`: the broker refuses the offsets of a member that is no
+    /// longer in the group's current generation (a zombie instance).
+    pub fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
+        self.inner.group_metadata()
     }
 }
 
@@ -491,6 +857,108 @@ fn latest_offsets(
     Ok(ends)
 }
 
+/// Group mode, per partition `owned`: `(from, latest)`. `known` partitions continue where the
+/// last batch ended; the others start at the group's committed offset, or, when the group has
+/// none, at `starting` (the first offset for a partition added while this input runs), which
+/// is committed at once so that a later owner starts there too and never skips records.
+fn group_offsets(
+    offsets: &BaseConsumer,
+    member: &GroupMember,
+    owned: &BTreeMap<Tp, u64>,
+    known: &BTreeMap<Tp, i64>,
+    positioned: bool,
+    starting: StartFrom,
+    stop: &CancellationToken,
+) -> Result<BTreeMap<Tp, (i64, i64)>, String> {
+    let mut ends = BTreeMap::new();
+    for tp in owned.keys() {
+        let (low, high) = retry("watermarks", stop, || {
+            offsets.fetch_watermarks(&tp.0, tp.1, REQUEST_TIMEOUT)
+        })?;
+        ends.insert(tp.clone(), (known.get(tp).copied(), low, high));
+    }
+    let mut fresh = TopicPartitionList::new();
+    for (tp, _) in ends.iter().filter(|(_, (from, _, _))| from.is_none()) {
+        fresh.add_partition(&tp.0, tp.1);
+    }
+    let mut committed = BTreeMap::new();
+    if fresh.count() > 0 {
+        let list = retry("committed offsets", stop, || {
+            offsets.committed_offsets(fresh.clone(), REQUEST_TIMEOUT)
+        })?;
+        for e in list.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                committed.insert((e.topic().to_string(), e.partition()), o);
+            }
+        }
+    }
+    let mut pinned = Vec::new();
+    let mut out = BTreeMap::new();
+    for (tp, (from, low, high)) in ends {
+        let group_at = committed.get(&tp).copied();
+        let mine = from
+            .is_none()
+            .then(|| member.uncommitted_end(&tp, group_at))
+            .flatten();
+        let from = match (from, mine, group_at) {
+            (Some(from), _, _) => from,
+            // Back to this member untouched: what it read before is its to commit.
+            (None, Some(end), _) => {
+                info!(message = "kafka direct input: partition owned again; committing the batch end its commit failed for", topic = %tp.0, partition = tp.1, offset = end);
+                pinned.push((
+                    OffsetRange {
+                        topic: tp.0.clone(),
+                        partition: tp.1,
+                        from: end,
+                        until: end,
+                    },
+                    owned.get(&tp).copied().unwrap_or(0),
+                ));
+                end
+            }
+            (None, None, Some(o)) => {
+                info!(message = "kafka direct input: resuming a partition from the group's committed offset", topic = %tp.0, partition = tp.1, offset = o);
+                member.found_committed(&tp, o);
+                o
+            }
+            (None, None, None) => {
+                let from = match (positioned, starting) {
+                    (true, _) | (false, StartFrom::Earliest) => low,
+                    (false, StartFrom::Latest) => high,
+                };
+                info!(message = "kafka direct input: the group has no offset for a partition; starting it", topic = %tp.0, partition = tp.1, offset = from);
+                pinned.push((
+                    OffsetRange {
+                        topic: tp.0.clone(),
+                        partition: tp.1,
+                        from,
+                        until: from,
+                    },
+                    owned.get(&tp).copied().unwrap_or(0),
+                ));
+                from
+            }
+        };
+        if from < low {
+            return Err(format!(
+                "{}/{}: offsets {from}..{low} were deleted (retention) before the group read them",
+                tp.0, tp.1
+            ));
+        }
+        if from > high {
+            return Err(format!(
+                "{}/{}: the group resumes at offset {from}, past the partition's end {high} (was the topic re-created?)",
+                tp.0, tp.1
+            ));
+        }
+        out.insert(tp, (from, high));
+    }
+    if !pinned.is_empty() {
+        member.commit(&pinned);
+    }
+    Ok(out)
+}
+
 /// One range per partition: from `from` to the latest offset, at most `per_batch_cap` long.
 fn plan_ranges(ends: &BTreeMap<Tp, (i64, i64)>, per_batch_cap: Option<u64>) -> Vec<OffsetRange> {
     ends.iter()
@@ -531,9 +999,14 @@ fn read_ranges(
     }
     // Re-assign only when the consumer is not already where the ranges start (a replay, a
     // new partition), so consecutive batches keep librdkafka's prefetched records.
+    // (In group mode the partitions change at rebalances: the reader drops revoked ones.)
     let in_place = wanted
         .iter()
-        .all(|(tp, (from, _))| at.get(tp) == Some(from));
+        .all(|(tp, (from, _))| at.get(tp) == Some(from))
+        && at.len() == ranges.len()
+        && ranges
+            .iter()
+            .all(|r| at.contains_key(&(r.topic.clone(), r.partition)));
     if !in_place {
         let mut tpl = TopicPartitionList::new();
         at.clear();

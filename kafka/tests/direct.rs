@@ -11,7 +11,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
-use weir_kafka::direct::KafkaDirectConfig;
+use weir_kafka::direct::{GroupMember, KafkaDirectConfig};
 use weir_kafka::source::StartFrom;
 use weir_streaming::{FailPoint, Job, JobError, JobMetrics, JobOptions, StreamingContext};
 
@@ -45,6 +45,7 @@ fn config(
         topics: topics.iter().map(|t| t.to_string()).collect(),
         starting,
         max_rate_per_partition: rate,
+        group: None,
         properties: BTreeMap::new(),
     }
 }
@@ -374,4 +375,222 @@ async fn a_topic_created_while_running_is_read_from_its_start() {
     let mut want = expected("in", 1, 20, 10);
     want.extend(expected("late", 2, 0, 40));
     assert_exactly_once(seen.lock().unwrap().values().flatten().cloned(), &want);
+}
+
+mod common;
+
+/// Group mode on a mock cluster whose initial rebalance delay is 0; a short session timeout.
+fn group_config(brokers: &str, topic: &str) -> KafkaDirectConfig {
+    let mut cfg = config(brokers, &[topic], StartFrom::Earliest, Some(200));
+    cfg.group = Some("g".into());
+    cfg.properties
+        .insert("session.timeout.ms".into(), "6000".into());
+    cfg.properties
+        .insert("heartbeat.interval.ms".into(), "500".into());
+    cfg
+}
+
+fn bodies(seen: &Seen) -> Vec<String> {
+    seen.lock().unwrap().values().flatten().cloned().collect()
+}
+
+/// The group's committed offset of each of `partitions` partitions of `topic`.
+fn committed(brokers: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "g")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let list = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    list.elements()
+        .iter()
+        .map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
+/// A group-mode collecting job and its group member.
+fn group_job(
+    cfg: &KafkaDirectConfig,
+    data: &Path,
+    seen: &Seen,
+    stop: &CancellationToken,
+    fail: Option<(FailPoint, u64)>,
+) -> (Job, GroupMember) {
+    let mut opts = JobOptions::new(INTERVAL);
+    opts.data_dir = Some(data.to_path_buf());
+    let mut ctx = StreamingContext::new("direct", opts);
+    let input = cfg.build(INTERVAL, stop.clone()).unwrap();
+    let member = input.group_member().expect("group mode");
+    let seen = seen.clone();
+    let out = ctx
+        .input(Box::new(input))
+        .map(|e| String::from_utf8_lossy(&e.body).into_owned())
+        .for_each_batch(move |t, bodies| {
+            seen.lock().unwrap().insert(t, bodies);
+            Ok(())
+        });
+    ctx.add_output(out);
+    let mut job = ctx.build(stop.clone()).unwrap();
+    if let Some((point, batch)) = fail {
+        job.inject_failure(point, batch);
+    }
+    (job, member)
+}
+
+fn owned(members: &[&GroupMember]) -> Vec<usize> {
+    members.iter().map(|m| m.assignment().len()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_group_members_share_the_partitions_and_read_each_record_once() {
+    let mock = common::Mock::start("in", 4);
+    let brokers = mock.brokers();
+    produce(&brokers, "in", 4, 0, 100);
+    let cfg = group_config(&brokers, "in");
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (seen_a, seen_b) = (Seen::default(), Seen::default());
+    let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+    let (job_a, a) = group_job(&cfg, data_a.path(), &seen_a, &stop_a, None);
+    let task_a = tokio::spawn(job_a.run());
+    wait_for("A reading everything", 60, || total(&seen_a) >= 400).await;
+    let (job_b, b) = group_job(&cfg, data_b.path(), &seen_b, &stop_b, None);
+    let task_b = tokio::spawn(job_b.run());
+    wait_for("two partitions each", 60, || owned(&[&a, &b]) == [2, 2]).await;
+    let (mine_a, mine_b) = (a.assignment(), b.assignment());
+    assert!(
+        mine_a.iter().all(|p| !mine_b.contains(p)),
+        "{mine_a:?} {mine_b:?}"
+    );
+    drop(a); // the handle would keep A's member in the group after A's job stopped
+    let shared_at = total(&seen_b);
+    let mut produced = 100;
+    for _ in 0..8 {
+        produce(&brokers, "in", 4, produced, 25);
+        produced += 25;
+        tokio::time::sleep(INTERVAL).await;
+    }
+    wait_for("every record by A or B", 60, || {
+        total(&seen_a) + total(&seen_b) >= 4 * produced
+    })
+    .await;
+    // B read exactly the new records of its own partitions.
+    let of_b: Vec<String> = bodies(&seen_b);
+    assert_eq!(shared_at, 0, "B read records before the new ones: {of_b:?}");
+    for (topic, p) in &mine_b {
+        let want: Vec<String> = (100..produced)
+            .map(|i| format!("{topic}/{p}/{i}"))
+            .collect();
+        let got: Vec<String> = (of_b.iter())
+            .filter(|r| r.starts_with(&format!("{topic}/{p}/")))
+            .cloned()
+            .collect();
+        assert_eq!(got, want, "partition {p} as read by B");
+    }
+    let mut union = bodies(&seen_a);
+    union.extend(of_b);
+    assert_exactly_once(union, &expected("in", 4, 0, produced));
+
+    // A leaves cleanly: B takes its partitions over from the group's committed offsets.
+    stop_a.cancel();
+    task_a.await.unwrap().unwrap();
+    wait_for("B owning every partition", 60, || owned(&[&b]) == [4]).await;
+    produce(&brokers, "in", 4, produced, 50);
+    produced += 50;
+    wait_for("every record after A left", 60, || {
+        total(&seen_a) + total(&seen_b) >= 4 * produced
+    })
+    .await;
+    tokio::time::sleep(INTERVAL * 3).await;
+    stop_b.cancel();
+    task_b.await.unwrap().unwrap();
+    let mut union = bodies(&seen_a);
+    union.extend(bodies(&seen_b));
+    assert_exactly_once(union, &expected("in", 4, 0, produced));
+    assert_eq!(committed(&brokers, "in", 4), vec![produced as i64; 4]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_fails_mid_batch_has_only_its_uncommitted_batch_read_again() {
+    let mock = common::Mock::start("in", 4);
+    let brokers = mock.brokers();
+    let cfg = group_config(&brokers, "in");
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (seen_a, seen_b) = (Seen::default(), Seen::default());
+    let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+    let (job_b, b) = group_job(&cfg, data_b.path(), &seen_b, &stop_b, None);
+    let task_b = tokio::spawn(job_b.run());
+    wait_for("B in the group", 60, || owned(&[&b]) == [4]).await;
+    // A's outputs of its 31st batch (some after the split) are written, its offsets never
+    // committed.
+    let (job_a, a) = group_job(
+        &cfg,
+        data_a.path(),
+        &seen_a,
+        &stop_a,
+        Some((FailPoint::AfterOutput, 30)),
+    );
+    let task_a = tokio::spawn(job_a.run());
+    wait_for("two partitions each", 60, || owned(&[&a, &b]) == [2, 2]).await;
+    drop(a);
+    // Produced once the group is stable (the mock refuses commits while a rebalance is on,
+    // which would replay more than the failed batch), a backlog of 50 batches (60 records
+    // per partition and batch) that outlasts A's 31st batch, so that A fails with records.
+    let produced = 3000;
+    produce(&brokers, "in", 4, 0, produced);
+    let failed = tokio::time::timeout(Duration::from_secs(60), task_a)
+        .await
+        .expect("A reaches its failure point")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(failed, JobError::InjectedFailure { .. }),
+        "{failed}"
+    );
+    wait_for("every record, B taking A's partitions over", 60, || {
+        let mut all: Vec<String> = bodies(&seen_a);
+        all.extend(bodies(&seen_b));
+        all.sort();
+        all.dedup();
+        all.len() >= 4 * produced
+    })
+    .await;
+    tokio::time::sleep(INTERVAL * 3).await;
+    stop_b.cancel();
+    task_b.await.unwrap().unwrap();
+
+    let last_of_a: Vec<String> = seen_a
+        .lock()
+        .unwrap()
+        .values()
+        .next_back()
+        .cloned()
+        .unwrap();
+    assert!(!last_of_a.is_empty(), "A failed in an empty batch");
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    for r in bodies(&seen_a).into_iter().chain(bodies(&seen_b)) {
+        *count.entry(r).or_default() += 1;
+    }
+    let want = expected("in", 4, 0, produced);
+    let missing: Vec<_> = want.iter().filter(|w| !count.contains_key(*w)).collect();
+    assert!(missing.is_empty(), "records never read: {missing:?}");
+    assert_eq!(count.len(), want.len(), "unexpected records");
+    // At least once: exactly the failed batch comes again, nothing else.
+    let twice: Vec<&String> = count
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(r, _)| r)
+        .collect();
+    assert!(count.values().all(|&n| n <= 2), "read more than twice");
+    let mut replayed: Vec<&String> = last_of_a.iter().collect();
+    replayed.sort();
+    assert_eq!(twice, replayed, "read twice: not the failed batch");
+    assert_eq!(committed(&brokers, "in", 4), vec![produced as i64; 4]);
 }

@@ -54,6 +54,7 @@ fn input(brokers: &str, topic: &str, rate: Option<u64>) -> KafkaDirectConfig {
         topics: vec![topic.to_string()],
         starting: StartFrom::Earliest,
         max_rate_per_partition: rate,
+        group: None,
         properties: [("group.id".to_string(), GROUP.to_string())].into(),
     }
 }
