@@ -221,6 +221,50 @@ async fn the_batch_limit_ends_the_ranges_where_the_batch_stopped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_chunks_up_to_the_batch_limit_stay_exact_and_in_order() {
+    let mock = MockCluster::new(3).unwrap();
+    mock.create_topic("in", 3, 3).unwrap();
+    let brokers = mock.bootstrap_servers();
+    produce(&brokers, "in", 3, 0, 100);
+    let data = tempfile::tempdir().unwrap();
+    let (seen, stop) = (Seen::default(), CancellationToken::new());
+    let mut opts = JobOptions::new(INTERVAL);
+    // Chunks of 7 records, the last one of each batch cut short at its 50.
+    opts.chunk_events = 7;
+    opts.max_batch_events = 50;
+    let cfg = config(&brokers, &["in"], StartFrom::Earliest, None);
+    let job = collecting_job_with(&cfg, opts, data.path(), &seen, &stop);
+    let metrics = job.metrics();
+    let task = tokio::spawn(job.run());
+    wait_for("every record", 60, || total(&seen) >= 300).await;
+    wait_for("an empty batch after them", 30, || {
+        batch_counts(&metrics).last() == Some(&0)
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let counts: Vec<u64> = batch_counts(&metrics)
+        .into_iter()
+        .skip_while(|&n| n == 0)
+        .collect();
+    assert_eq!(&counts[..7], &[50, 50, 50, 50, 50, 50, 0], "{counts:?}");
+    // Within a partition, in offset order.
+    for batch in seen.lock().unwrap().values() {
+        for p in 0..3 {
+            let offsets: Vec<usize> = (batch.iter())
+                .filter_map(|b| b.strip_prefix(&format!("in/{p}/")))
+                .map(|i| i.parse().unwrap())
+                .collect();
+            assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "{offsets:?}");
+        }
+    }
+    assert_exactly_once(
+        seen.lock().unwrap().values().flatten().cloned(),
+        &expected("in", 3, 0, 100),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_job_resumes_from_its_checkpoint() {
     let mock = MockCluster::new(3).unwrap();
     mock.create_topic("in", 2, 3).unwrap();
