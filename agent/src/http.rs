@@ -146,8 +146,13 @@ impl GatedListener {
                         // `idle_timeout`, a slow one to `header_timeout`.
                         tokio::spawn(
                             async move {
-                                let first = tokio::time::timeout(idle_timeout, stream.readable());
-                                if first.await.is_ok() {
+                                // `readable()` may wake without data (tokio documents spurious
+                                // readiness), which handed silent connections to hyper's header
+                                // timer: peek waits for a real first byte.
+                                let mut byte = [0u8; 1];
+                                let first =
+                                    tokio::time::timeout(idle_timeout, stream.peek(&mut byte));
+                                if matches!(first.await, Ok(Ok(n)) if n > 0) {
                                     let io = IdleTimeout::new(
                                         Box::new(stream) as BoxStream,
                                         idle_timeout,
