@@ -114,18 +114,16 @@ impl Reader {
         Ok(b)
     }
 
-    /// Zig-zag varint `long`. At most 10 bytes; the 10th may only carry the top bit, so a value
-    /// that would overflow 64 bits is an error rather than a silently wrapped number.
+    /// Zig-zag varint `long`. At most 10 bytes. Of the 10th byte only its lowest bit lands in the
+    /// value and the rest is dropped, as Java's `BinaryDecoder` and `apache-avro` do; only a
+    /// continuation bit on it is an error.
     pub fn read_long(&mut self) -> Result<i64, DecodeError> {
         let start = self.pos;
         let mut raw: u64 = 0;
         let mut shift = 0u32;
         loop {
             let b = self.read_u8()?;
-            if shift == 63 && b > 1 {
-                self.pos = start;
-                return Err(DecodeError::VarintOverflow { offset: start });
-            }
+            // At shift 63 the left shift itself drops all but the lowest bit.
             raw |= u64::from(b & 0x7f) << shift;
             if b & 0x80 == 0 {
                 break;
@@ -589,9 +587,26 @@ mod tests {
             r.read_long(),
             Err(DecodeError::VarintOverflow { .. })
         ));
-        // 10th byte carrying more than the top bit.
+        // A 10th byte carrying more than the top bit: Java keeps its lowest bit only.
+        for (tenth, want) in [
+            (0x02u8, i64::MIN / 2),
+            (0x03, i64::MIN),
+            (0x7e, i64::MIN / 2),
+        ] {
+            let mut v = vec![0xff; 9];
+            v.push(tenth);
+            let mut r = Reader::new(Bytes::from(v));
+            assert_eq!(
+                r.read_long().expect("accepted as Java does"),
+                want,
+                "{tenth:#x}"
+            );
+            assert!(r.is_empty());
+        }
+        // 10 bytes with the 10th still continuing.
         let mut v = vec![0xff; 9];
-        v.push(0x02);
+        v.push(0x81);
+        v.push(0x00);
         let mut r = Reader::new(Bytes::from(v));
         assert!(matches!(
             r.read_long(),

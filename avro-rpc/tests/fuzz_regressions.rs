@@ -129,3 +129,57 @@ async fn a_map_block_count_larger_than_the_request_is_refused_before_decoding() 
         "the server answered: {text:?}"
     );
 }
+
+/// `flume_event_differential` inputs: weir's `AvroFlumeEvent` array decoder must agree with
+/// `apache-avro` on each (same events, or both refuse).
+#[test]
+fn every_flume_event_differential_regression_decodes_as_apache_avro_does() {
+    use apache_avro::reader::datum::GenericDatumReader;
+    use apache_avro::types::Value;
+    use weir_avro_rpc::datum::decode_events;
+
+    let schema = Protocol::flume()
+        .message("appendBatch")
+        .and_then(|m| m.request_field_schema(0))
+        .expect("appendBatch schema");
+    let inputs = regressions("flume_event_differential");
+    assert!(
+        !inputs.is_empty(),
+        "no flume_event_differential regressions found"
+    );
+    for (name, data) in inputs {
+        let ours = decode_events(Bytes::copy_from_slice(&data));
+        let mut rest = &data[..];
+        let theirs = GenericDatumReader::builder(&schema)
+            .build()
+            .and_then(|r| r.read_value(&mut rest))
+            .ok()
+            .filter(|_| rest.is_empty());
+        match (ours, theirs) {
+            (Ok(events), Some(Value::Array(items))) => {
+                assert_eq!(events.len(), items.len(), "{name}: event counts differ");
+            }
+            (Err(_), None) => {}
+            (ours, theirs) => panic!("{name}: weir gave {ours:?}, apache-avro {theirs:?}"),
+        }
+    }
+}
+
+/// A varint whose 10th byte sets bits past bit 63 (`80 ×9, 32`): Java's `BinaryDecoder` and
+/// apache-avro keep the 10th byte's lowest bit and drop the rest; weir refused it until
+/// session 5.
+#[test]
+fn a_tenth_varint_byte_with_high_bits_is_read_as_java_reads_it() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fuzz/regressions/flume_event_differential-varint-10th-byte-overflow"
+    );
+    let data = std::fs::read(path).expect("regression input");
+    assert_eq!(
+        &data[822..832],
+        &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x32]
+    );
+    let mut r = Reader::new(Bytes::copy_from_slice(&data[822..832]));
+    // 0x32's lowest bit is 0: the value is zero, as Java reads it.
+    assert_eq!(r.read_long().expect("accepted"), 0);
+}
