@@ -9,6 +9,9 @@ use weir::logging::{self, LogFormat};
 use weir::topology::Topology;
 use weir_core::metrics::Registry;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// weir: an event-collection agent that speaks Apache Flume's wire protocols.
 #[derive(Parser)]
 #[command(name = "weir", version, about)]

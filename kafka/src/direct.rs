@@ -14,7 +14,10 @@
 //!
 //! One librdkafka consumer is assigned every partition (no group membership; see group mode
 //! below for sharing partitions between instances): librdkafka
-//! fetches from every partition leader in parallel, one thread per broker. Topic metadata is
+//! fetches from every partition leader in parallel, one thread per broker. Each partition is
+//! read from its own queue (a chunk takes exactly its share of each, whatever order the
+//! broker's fetches come in), and the next chunk of a batch is read while the job processes
+//! the current one; a chunk read ahead and not taken is given back. Topic metadata is
 //! read at every cut, so partitions added while running (and topics created late) are picked
 //! up, read from their first offset. A broker that is down makes the cut wait and retry,
 //! logged; offsets are never skipped (`auto.offset.reset = error`: data deleted by retention
@@ -57,8 +60,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata,
+    DefaultConsumerContext, Rebalance,
 };
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
@@ -155,6 +160,10 @@ impl KafkaDirectConfig {
         if let Some(group) = &self.group {
             config.set("group.id", group);
         }
+        // Static membership (`group.instance.id`) belongs to the group member alone: the
+        // reading clients never join the group.
+        let member_config = config.clone();
+        config.remove("group.instance.id");
         let consumer: BaseConsumer = config.create()?;
         // Offsets and metadata go through a second client: on the reading one they would
         // queue behind fetches the broker holds for up to `fetch.wait.max.ms`.
@@ -164,7 +173,7 @@ impl KafkaDirectConfig {
             (cap as u64).max(1)
         });
         let member = match &self.group {
-            Some(group) => Some(GroupMember::join(&config, group, &self.topics)?),
+            Some(group) => Some(GroupMember::join(&member_config, group, &self.topics)?),
             None => None,
         };
         Ok(KafkaDirectInput {
@@ -184,6 +193,8 @@ impl KafkaDirectConfig {
             positioned: false,
             cut: None,
             replay: None,
+            ahead: None,
+            stale_ahead: None,
             shutdown,
         })
     }
@@ -222,16 +233,43 @@ pub struct KafkaDirectInput {
     cut: Option<Cut>,
     /// The ranges of a journaled batch `recut` set up for the next cut.
     replay: Option<Vec<OffsetRange>>,
+    /// The next chunk of the batch being cut, read while the job processes the last one.
+    ahead: Option<ReadAhead>,
+    /// A chunk read ahead that its batch did not take, given back at the next cut.
+    stale_ahead: Option<ReadAhead>,
     shutdown: CancellationToken,
 }
 
-/// What the consumer will deliver next, per partition: records fetched past the end of a
-/// range wait in `carry` for the next batch, so consecutive batches need no re-assignment.
+/// A chunk being read in the background.
+struct ReadAhead {
+    sub: Vec<OffsetRange>,
+    read: tokio::task::JoinHandle<Result<Taken, String>>,
+}
+
+/// The records of one read: per range (in order) `counts[i]` of them, with their offsets.
+struct Taken {
+    events: Vec<Event>,
+    offsets: Vec<i64>,
+    counts: Vec<usize>,
+}
+
+/// The reading consumer's assigned partitions, each read from its own queue, so that a
+/// range takes exactly its records: from one shared queue, a broker that answers a fetch
+/// with a whole partition (noida-db does) would make every chunk convert and hold the other
+/// partitions' records first.
 #[derive(Default)]
 struct Reader {
-    /// Per assigned partition, the offset the next record handed out must have.
-    at: BTreeMap<Tp, i64>,
-    carry: BTreeMap<Tp, VecDeque<(i64, Event)>>,
+    partitions: BTreeMap<Tp, PartitionReader>,
+}
+
+struct PartitionReader {
+    queue: PartitionQueue<DefaultConsumerContext>,
+    /// The offset the next record handed out must have.
+    at: i64,
+    /// Records already taken off a queue, in offset order: the one past a range's end (the
+    /// rest of the range was transaction markers), and any the shared queue still held
+    /// from before the split.
+    carry: VecDeque<(i64, Event)>,
 }
 
 impl KafkaDirectInput {
@@ -245,7 +283,7 @@ impl KafkaDirectInput {
     /// Runs a blocking librdkafka call off the runtime threads.
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&BaseConsumer, &Mutex<Reader>, &CancellationToken) -> Result<T, String>
+        f: impl FnOnce(&Arc<BaseConsumer>, &Mutex<Reader>, &CancellationToken) -> Result<T, String>
             + Send
             + 'static,
     ) -> Result<T, InputError> {
@@ -258,6 +296,65 @@ impl KafkaDirectInput {
             .await
             .map_err(|e| self.err(e.to_string()))?
             .map_err(|e| self.err(e))
+    }
+
+    /// Reads `sub` now.
+    async fn read(&self, sub: Vec<OffsetRange>) -> Result<Taken, InputError> {
+        self.blocking(move |c, r, stop| read_ranges(c, r, &sub, stop))
+            .await
+    }
+
+    /// Starts reading `sub` in the background.
+    fn read_ahead(&self, sub: Vec<OffsetRange>) -> ReadAhead {
+        let (consumer, reader, shutdown) = (
+            self.consumer.clone(),
+            self.reader.clone(),
+            self.shutdown.clone(),
+        );
+        let ranges = sub.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            read_ranges(&consumer, &reader, &ranges, &shutdown)
+        });
+        ReadAhead { sub, read }
+    }
+
+    async fn join(&self, ahead: ReadAhead) -> Result<(Vec<OffsetRange>, Taken), InputError> {
+        let taken = ahead
+            .read
+            .await
+            .map_err(|e| self.err(e.to_string()))?
+            .map_err(|e| self.err(e))?;
+        Ok((ahead.sub, taken))
+    }
+
+    /// Gives a chunk read ahead and not delivered back to its partitions, which hand its
+    /// records out again, in order, before reading on.
+    fn take_back(&self, sub: &[OffsetRange], taken: Taken) -> Result<(), InputError> {
+        let mut reader =
+            (self.reader.lock()).map_err(|_| self.err("the reader panicked earlier"))?;
+        let mut records = taken.offsets.into_iter().zip(taken.events);
+        for (r, &n) in sub.iter().zip(&taken.counts) {
+            let back: Vec<(i64, Event)> = records.by_ref().take(n).collect();
+            // A partition no longer assigned is re-assigned at its next read anyway.
+            if let Some(part) = reader.partitions.get_mut(&(r.topic.clone(), r.partition)) {
+                if r.count() > 0 {
+                    for record in back.into_iter().rev() {
+                        part.carry.push_front(record);
+                    }
+                    part.at = r.from;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// At a new cut: gives back what the last batch read ahead and did not take.
+    async fn take_back_read_ahead(&mut self) -> Result<(), InputError> {
+        if let Some(ahead) = self.stale_ahead.take() {
+            let (sub, taken) = self.join(ahead).await?;
+            self.take_back(&sub, taken)?;
+        }
+        Ok(())
     }
 
     /// For a job whose transactional `kafka` output commits this input's offsets in each
@@ -331,6 +428,7 @@ impl JobInput for KafkaDirectInput {
 
     async fn take_chunk(&mut self, max: usize) -> Result<Option<Box<dyn InputChunk>>, InputError> {
         if self.cut.is_none() {
+            self.take_back_read_ahead().await?;
             let plan = match self.replay.take() {
                 Some(ranges) => ranges,
                 None => self.plan().await?,
@@ -356,14 +454,38 @@ impl JobInput for KafkaDirectInput {
                 until: d + q as i64,
             })
             .collect();
-        let events = {
-            let sub = sub.clone();
-            self.blocking(move |c, r, stop| read_ranges(c, r, &sub, stop))
-                .await?
+        let taken = match self.ahead.take() {
+            Some(ahead) if ahead.sub == sub => self.join(ahead).await?.1,
+            Some(ahead) => {
+                // Read for a chunk of another size: give it back, then read this one.
+                let (ahead_sub, ahead_taken) = self.join(ahead).await?;
+                self.take_back(&ahead_sub, ahead_taken)?;
+                self.read(sub.clone()).await?
+            }
+            None => self.read(sub.clone()).await?,
         };
+        let events = taken.events;
+        let mut next_remaining = Vec::new();
         if let Some(cut) = &mut self.cut {
-            for (d, r) in cut.delivered.iter_mut().zip(&sub) {
+            for ((d, r), plan) in cut.delivered.iter_mut().zip(&sub).zip(&cut.plan) {
                 *d = r.until;
+                next_remaining.push((plan.until - *d).max(0) as u64);
+            }
+        }
+        // The job asks for chunks of one size: the next one is read while it processes
+        // this one.
+        if next_remaining.iter().any(|&n| n > 0) {
+            if let Some(cut) = &self.cut {
+                let quota = share(max as u64, &next_remaining);
+                let next: Vec<OffsetRange> = (cut.plan.iter().zip(&cut.delivered).zip(&quota))
+                    .map(|((r, &d), &q)| OffsetRange {
+                        topic: r.topic.clone(),
+                        partition: r.partition,
+                        from: d,
+                        until: d + q as i64,
+                    })
+                    .collect();
+                self.ahead = Some(self.read_ahead(next));
             }
         }
         let ends: Vec<OffsetRange> = sub.iter().filter(|r| r.count() > 0).cloned().collect();
@@ -392,6 +514,10 @@ impl JobInput for KafkaDirectInput {
     }
 
     fn end_cut(&mut self) -> InputPosition {
+        // A chunk read ahead that the batch did not take: given back at the next cut.
+        if let Some(ahead) = self.ahead.take() {
+            self.stale_ahead = Some(ahead);
+        }
         let ranges: Vec<OffsetRange> = match self.cut.take() {
             Some(cut) => (cut.plan.into_iter().zip(cut.delivered))
                 .map(|(r, d)| OffsetRange { until: d, ..r })
@@ -731,6 +857,11 @@ impl GroupMember {
         owned.committed.insert(tp.clone(), offset);
     }
 
+    /// The consumer group's id.
+    pub fn group(&self) -> &str {
+        &self.inner.context().group
+    }
+
     /// The partitions the member owns now.
     pub fn assignment(&self) -> Vec<(String, i32)> {
         (self.inner.context().owned().partitions.keys())
@@ -980,159 +1111,231 @@ fn plan_ranges(ends: &BTreeMap<Tp, (i64, i64)>, per_batch_cap: Option<u64>) -> V
 /// Reads exactly `ranges` (ordered by topic and partition), each in offset order. Waits for
 /// brokers as long as it takes (logging), until `stop`.
 fn read_ranges(
-    consumer: &BaseConsumer,
+    consumer: &Arc<BaseConsumer>,
     reader: &Mutex<Reader>,
     ranges: &[OffsetRange],
     stop: &CancellationToken,
-) -> Result<Vec<Event>, String> {
+) -> Result<Taken, String> {
     let mut reader = reader
         .lock()
         .map_err(|_| "the reader panicked earlier".to_string())?;
-    let Reader { at, carry } = &mut *reader;
-    let wanted: BTreeMap<Tp, (i64, i64)> = ranges
-        .iter()
-        .filter(|r| r.count() > 0)
-        .map(|r| ((r.topic.clone(), r.partition), (r.from, r.until)))
-        .collect();
-    if wanted.is_empty() {
-        return Ok(Vec::new());
+    let mut taken = Taken {
+        events: Vec::with_capacity(ranges.iter().map(|r| r.count() as usize).sum()),
+        offsets: Vec::with_capacity(ranges.iter().map(|r| r.count() as usize).sum()),
+        counts: vec![0; ranges.len()],
+    };
+    if ranges.iter().all(|r| r.count() == 0) {
+        return Ok(taken);
     }
     // Re-assign only when the consumer is not already where the ranges start (a replay, a
     // new partition), so consecutive batches keep librdkafka's prefetched records.
     // (In group mode the partitions change at rebalances: the reader drops revoked ones.)
-    let in_place = wanted
-        .iter()
-        .all(|(tp, (from, _))| at.get(tp) == Some(from))
-        && at.len() == ranges.len()
-        && ranges
-            .iter()
-            .all(|r| at.contains_key(&(r.topic.clone(), r.partition)));
+    let in_place = reader.partitions.len() == ranges.len()
+        && ranges.iter().all(|r| {
+            reader
+                .partitions
+                .get(&(r.topic.clone(), r.partition))
+                .is_some_and(|p| r.count() == 0 || p.at == r.from)
+        });
     if !in_place {
-        let mut tpl = TopicPartitionList::new();
-        at.clear();
-        carry.clear();
-        for r in ranges {
-            tpl.add_partition_offset(&r.topic, r.partition, Offset::Offset(r.from))
-                .map_err(|e| e.to_string())?;
-            at.insert((r.topic.clone(), r.partition), r.from);
-        }
-        consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        assign(consumer, &mut reader, ranges)?;
     }
-    let mut got: BTreeMap<Tp, Vec<Event>> = BTreeMap::new();
-    let mut open = 0usize;
-    for (tp, &(_, until)) in &wanted {
-        let out = got.entry(tp.clone()).or_default();
-        let queue = carry.entry(tp.clone()).or_default();
-        while queue.front().is_some_and(|(o, _)| *o < until) {
-            if let Some((o, e)) = queue.pop_front() {
-                out.push(e);
-                at.insert(tp.clone(), o + 1);
+    for (i, r) in ranges.iter().enumerate().filter(|(_, r)| r.count() > 0) {
+        let tp = (r.topic.clone(), r.partition);
+        let part = reader
+            .partitions
+            .get_mut(&tp)
+            .ok_or_else(|| format!("{}/{} is not assigned", r.topic, r.partition))?;
+        let before = taken.events.len();
+        read_partition(consumer, part, &tp, r.until, &mut taken, stop)?;
+        taken.counts[i] = taken.events.len() - before;
+    }
+    Ok(taken)
+}
+
+/// Assigns the reading consumer exactly `ranges`' partitions at their starts and gives each
+/// its own queue.
+fn assign(
+    consumer: &Arc<BaseConsumer>,
+    reader: &mut Reader,
+    ranges: &[OffsetRange],
+) -> Result<(), String> {
+    // Queues of the old assignment stop with it; drop them first.
+    reader.partitions.clear();
+    let mut tpl = TopicPartitionList::new();
+    for r in ranges {
+        tpl.add_partition_offset(&r.topic, r.partition, Offset::Offset(r.from))
+            .map_err(|e| e.to_string())?;
+    }
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    for r in ranges {
+        let queue = consumer
+            .split_partition_queue(&r.topic, r.partition)
+            .ok_or_else(|| format!("{}/{}: no partition queue", r.topic, r.partition))?;
+        reader.partitions.insert(
+            (r.topic.clone(), r.partition),
+            PartitionReader {
+                queue,
+                at: r.from,
+                carry: VecDeque::new(),
+            },
+        );
+    }
+    // Records fetched between the assignment and the split wait in the shared queue: take
+    // them now, before any partition queue is read, so that each partition stays in order.
+    while let Some(polled) = consumer.poll(Duration::ZERO) {
+        match polled {
+            Ok(m) => {
+                if let Some(part) =
+                    (reader.partitions).get_mut(&(m.topic().to_string(), m.partition()))
+                {
+                    if m.offset() >= part.at
+                        && part.carry.back().is_none_or(|(o, _)| m.offset() > *o)
+                    {
+                        part.carry.push_back((m.offset(), to_event(&m)));
+                    }
+                }
             }
-        }
-        // Records past the end already fetched mean every offset before them is read
-        // (the gaps are transaction markers or aborted records).
-        if !queue.is_empty() || at.get(tp).is_some_and(|&a| a >= until) {
-            at.insert(tp.clone(), until.max(at.get(tp).copied().unwrap_or(until)));
-        } else {
-            open += 1;
+            Err(e) => note_consume_error(&e)?,
         }
     }
+    Ok(())
+}
+
+/// Appends `part`'s records up to `until` to `out`; a record past `until` is carried over.
+fn read_partition(
+    consumer: &BaseConsumer,
+    part: &mut PartitionReader,
+    tp: &Tp,
+    until: i64,
+    out: &mut Taken,
+    stop: &CancellationToken,
+) -> Result<(), String> {
+    while part.at < until {
+        match part.carry.front() {
+            Some(&(o, _)) if o < part.at => {
+                part.carry.pop_front();
+            }
+            Some(&(o, _)) if o < until => {
+                if let Some((o, e)) = part.carry.pop_front() {
+                    out.events.push(e);
+                    out.offsets.push(o);
+                    part.at = o + 1;
+                }
+            }
+            // A record past the end already taken: every offset before it is read (the
+            // gap is transaction markers or aborted records).
+            Some(_) => part.at = until,
+            None => break,
+        }
+    }
+    // Progress is judged when the queue runs dry (no clock read per record).
     let mut last_progress = Instant::now();
-    while open > 0 {
+    let mut progress_at = part.at;
+    let mut idle_since: Option<Instant> = None;
+    while part.at < until {
         if stop.is_cancelled() {
             return Err("stopped while reading a batch".into());
         }
-        match consumer.poll(Duration::from_millis(100)) {
+        let polled = match part.queue.poll(Duration::ZERO) {
+            Some(polled) => Some(polled),
+            None => {
+                // Nothing queued for the partition now: serve the consumer's events (errors,
+                // logs), then wait a little on the partition queue.
+                serve_events(consumer)?;
+                part.queue.poll(Duration::from_millis(50))
+            }
+        };
+        match polled {
             Some(Ok(m)) => {
-                let tp = (m.topic().to_string(), m.partition());
-                let Some(&(_, until)) = wanted.get(&tp) else {
-                    // An assigned partition with nothing to read in this batch.
-                    let queue = carry.entry(tp.clone()).or_default();
-                    if at.get(&tp).is_some_and(|&a| m.offset() >= a)
-                        && queue.back().is_none_or(|(o, _)| m.offset() > *o)
-                    {
-                        queue.push_back((m.offset(), to_event(&m)));
-                    }
-                    continue;
-                };
-                let expected = at.get(&tp).copied().unwrap_or(0);
-                if m.offset() < expected {
+                if m.offset() < part.at {
                     continue;
                 }
-                last_progress = Instant::now();
-                if expected < until && m.offset() < until {
-                    got.entry(tp.clone()).or_default().push(to_event(&m));
-                    at.insert(tp.clone(), m.offset() + 1);
-                    if m.offset() + 1 >= until {
-                        open -= 1;
-                    }
+                idle_since = None;
+                if m.offset() < until {
+                    out.events.push(to_event(&m));
+                    out.offsets.push(m.offset());
+                    part.at = m.offset() + 1;
                 } else {
-                    if expected < until {
-                        // First record past the end: the rest of the range was markers.
-                        at.insert(tp.clone(), until);
-                        open -= 1;
-                    }
-                    carry
-                        .entry(tp)
-                        .or_default()
-                        .push_back((m.offset(), to_event(&m)));
+                    // First record past the end: the rest of the range was markers.
+                    part.carry.push_back((m.offset(), to_event(&m)));
+                    part.at = until;
                 }
+                continue;
             }
-            Some(Err(KafkaError::PartitionEOF(_))) | None => {
-                // At the end of what the broker has: a range that ends in transaction
-                // markers is complete once the consumer's position passed them.
-                if last_progress.elapsed() >= Duration::from_millis(200) {
-                    open = settle_by_position(consumer, &wanted, at)?;
-                    if open > 0 && last_progress.elapsed() >= STALL_LOG {
-                        warn!(
-                            message = "kafka direct input: batch still waiting for records",
-                            partitions_open = open
-                        );
-                        last_progress = Instant::now();
-                    }
-                }
-            }
-            Some(Err(e)) => {
-                if matches!(
-                    e.rdkafka_error_code(),
-                    Some(RDKafkaErrorCode::OffsetOutOfRange)
-                ) {
-                    return Err(format!(
-                        "offsets of the batch are gone from the broker: {e}"
-                    ));
-                }
-                warn!(message = "kafka direct input: consume error; the batch waits and retries", error = %e);
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(e)) => note_consume_error(&e)?,
+        }
+        let now = Instant::now();
+        if part.at != progress_at {
+            progress_at = part.at;
+            last_progress = now;
+        }
+        // At the end of what the broker has: a range that ends in transaction markers is
+        // complete once the consumer's position passed them.
+        let idle = *idle_since.get_or_insert(now);
+        if now.duration_since(idle) >= Duration::from_millis(200) {
+            idle_since = Some(now);
+            if position(consumer, tp)?.is_some_and(|p| p >= until) {
+                part.at = until;
+            } else if now.duration_since(last_progress) >= STALL_LOG {
+                warn!(
+                    message = "kafka direct input: batch still waiting for records",
+                    topic = %tp.0,
+                    partition = tp.1,
+                    at = part.at,
+                    until
+                );
+                last_progress = now;
             }
         }
     }
-    Ok(got.into_values().flatten().collect())
+    Ok(())
 }
 
-/// Marks ranges whose partition position passed their end as read; returns how many are open.
-fn settle_by_position(
-    consumer: &BaseConsumer,
-    wanted: &BTreeMap<Tp, (i64, i64)>,
-    at: &mut BTreeMap<Tp, i64>,
-) -> Result<usize, String> {
-    let positions = consumer.position().map_err(|e| e.to_string())?;
-    let mut open = 0;
-    for (tp, &(_, until)) in wanted {
-        if at.get(tp).is_some_and(|&a| a >= until) {
-            continue;
-        }
-        let pos = positions
-            .find_partition(&tp.0, tp.1)
-            .and_then(|e| match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            });
-        if pos.is_some_and(|p| p >= until) {
-            at.insert(tp.clone(), until);
-        } else {
-            open += 1;
+/// Serves the reading consumer's events (errors, logs). Every assigned partition has its
+/// own queue, so no record should come through here; one that does fails the read (the
+/// batch is read again) rather than be taken out of order.
+fn serve_events(consumer: &BaseConsumer) -> Result<(), String> {
+    while let Some(polled) = consumer.poll(Duration::ZERO) {
+        match polled {
+            Ok(m) => {
+                warn!(message = "kafka direct input: a record came through the shared queue; the batch is read again", topic = m.topic(), partition = m.partition(), offset = m.offset());
+                return Err("a record bypassed its partition queue".into());
+            }
+            Err(e) => note_consume_error(&e)?,
         }
     }
-    Ok(open)
+    Ok(())
+}
+
+/// A consume error: records gone from the broker fail the batch; others are logged and
+/// the read goes on waiting.
+fn note_consume_error(e: &KafkaError) -> Result<(), String> {
+    if matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::OffsetOutOfRange)
+    ) {
+        return Err(format!(
+            "offsets of the batch are gone from the broker: {e}"
+        ));
+    }
+    if !matches!(e, KafkaError::PartitionEOF(_)) {
+        warn!(message = "kafka direct input: consume error; the batch waits and retries", error = %e);
+    }
+    Ok(())
+}
+
+/// The reading consumer's position in `tp` (the offset after the last record or marker it
+/// consumed).
+fn position(consumer: &BaseConsumer, tp: &Tp) -> Result<Option<i64>, String> {
+    let positions = consumer.position().map_err(|e| e.to_string())?;
+    Ok(positions
+        .find_partition(&tp.0, tp.1)
+        .and_then(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        }))
 }
 
 #[cfg(test)]
