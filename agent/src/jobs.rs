@@ -59,13 +59,18 @@ pub fn avro_events_output(host: String, port: u16) -> EventsFn {
 #[derive(Clone, Debug)]
 pub struct KafkaJobOutput {
     pub config: KafkaOutputConfig,
-    /// The Kafka inputs' `group.id`; `None` without a transactional id or Kafka input.
+    /// The Kafka input's `group.id` or, in group mode, its `group`; `None` without a
+    /// transactional id or Kafka input.
     pub group: Option<String>,
+    /// The input is in consumer-group mode: its member's metadata fences the transactions.
+    pub group_mode: bool,
 }
 
 /// The job's `kafka` output, if it has one, checked: problems as `(key path relative to the
 /// job table, message)`. Exactly-once commits the Kafka inputs' offsets to their consumer
-/// group, so a transactional output needs every Kafka input to name the same `group.id`.
+/// group, so a transactional output needs every Kafka input to name the same group
+/// (`properties."group.id"`, or `group` in consumer-group mode, where the job has one
+/// Kafka input: a transaction carries one member's metadata).
 pub fn kafka_output(job: &JobConfig) -> Result<Option<KafkaJobOutput>, (String, String)> {
     let OutputConfig::Kafka(table) = &job.output else {
         return Ok(None);
@@ -79,20 +84,40 @@ pub fn kafka_output(job: &JobConfig) -> Result<Option<KafkaJobOutput>, (String, 
         (path, e.message)
     })?;
     let mut group = None;
+    let mut group_mode = false;
     if config.transactional_id.is_some() {
-        for (at, table) in job.kafka_inputs() {
+        let inputs = job.kafka_inputs();
+        for (at, table) in &inputs {
             // A bad input table is reported on its own.
             let Ok(input) = crate::components::kafka_input(table) else {
                 continue;
             };
-            let Some(id) = input.properties.get("group.id") else {
-                return Err((
-                    "output.transactional_id".into(),
-                    format!(
-                        "exactly-once commits the consumed offsets to the Kafka input's \
-                         consumer group: set `group.id` in `{at}.properties`"
-                    ),
-                ));
+            let id = match (&input.group, input.properties.get("group.id")) {
+                (Some(g), _) if inputs.len() > 1 => {
+                    return Err((
+                        "output.transactional_id".into(),
+                        format!(
+                            "exactly-once in consumer-group mode (`{at}.group = \"{g}\"`) \
+                             takes one Kafka input: a transaction carries one group \
+                             member's offsets"
+                        ),
+                    ))
+                }
+                (Some(g), _) => {
+                    group_mode = true;
+                    g
+                }
+                (None, Some(id)) => id,
+                (None, None) => {
+                    return Err((
+                        "output.transactional_id".into(),
+                        format!(
+                            "exactly-once commits the consumed offsets to the Kafka input's \
+                             consumer group: set `group.id` in `{at}.properties` (or \
+                             `{at}.group` for consumer-group mode)"
+                        ),
+                    ))
+                }
             };
             match &group {
                 Some(g) if g != id => {
@@ -108,5 +133,9 @@ pub fn kafka_output(job: &JobConfig) -> Result<Option<KafkaJobOutput>, (String, 
             }
         }
     }
-    Ok(Some(KafkaJobOutput { config, group }))
+    Ok(Some(KafkaJobOutput {
+        config,
+        group,
+        group_mode,
+    }))
 }

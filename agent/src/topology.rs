@@ -19,6 +19,7 @@ use weir_core::{
     Channel, ChannelProcessor, ComponentError, Interceptor, Ready, SinkContext, SourceContext,
 };
 
+use weir_kafka::output::OffsetsGroup;
 use weir_streaming::{BuildContext, JobInput, JobMetrics};
 
 use crate::config::Config;
@@ -424,6 +425,7 @@ impl Topology {
                     let transactional = kafka_output
                         .as_ref()
                         .is_some_and(|k| k.config.transactional_id.is_some());
+                    let mut members = Vec::new();
                     let built = kafka
                         .iter()
                         .map(|k| {
@@ -431,13 +433,22 @@ impl Topology {
                             if transactional {
                                 input.leave_commits_to_output();
                             }
+                            members.extend(input.group_member());
                             Ok(Box::new(input) as Box<dyn JobInput>)
                         })
                         .collect::<Result<Vec<_>, ComponentError>>()
                         .and_then(|inputs| {
                             cx.kafka_inputs = inputs;
                             if let Some(k) = &kafka_output {
-                                cx.transactional_output = Some(k.config.build(k.group.as_deref())?);
+                                // Checked at load: group mode has exactly one Kafka input.
+                                let group = match (&k.group, members.pop()) {
+                                    (Some(_), Some(member)) if k.group_mode => {
+                                        Some(OffsetsGroup::Member(member))
+                                    }
+                                    (Some(id), _) => Some(OffsetsGroup::Named(id.clone())),
+                                    (None, _) => None,
+                                };
+                                cx.transactional_output = Some(k.config.build(group)?);
                             }
                             Ok(config.build(&id2, cx)?)
                         });

@@ -39,8 +39,22 @@
 //! that this output is their only writer (every other producer with its transactional id is
 //! fenced, and the direct input leaves its commits to the output), so it tracks them itself.
 //!
-//! Exactly-once therefore needs a Kafka direct input with `group.id`, and one transactional
-//! id per running job instance, kept across restarts. A job whose inputs are channels has
+//! Exactly-once therefore needs a Kafka direct input with `group.id` (or in group mode,
+//! below), and one transactional id per running job instance, kept across restarts.
+//!
+//! # Exactly-once in consumer-group mode
+//! With a direct input in group mode ([`OffsetsGroup::Member`]) several instances share the
+//! partitions, each with its own transactional id. The offsets go into each transaction
+//! with the *member's* group metadata (member id and generation), so the broker refuses the
+//! offsets — and the transaction aborts — of an instance whose partitions were given to
+//! another member (KIP-447 fencing). The group's committed offsets are read again for every
+//! batch (another instance may have committed a partition since), and the batch-time rule
+//! above does not apply: group mode never replays a journaled batch, its partitions resume
+//! from the group's committed offsets, which the transactions move together with the
+//! records. A batch that starts behind the group's offsets (its partition was read and
+//! committed by another member meanwhile) fails without writing, and the restarted job
+//! resumes from the group. So each record's results commit exactly once across the
+//! instances, through rebalances and crashes. A job whose inputs are channels has
 //! no offsets to commit: its transactions keep each batch atomic for `read_committed`
 //! readers, but a batch replayed after a crash is written again (at-least-once).
 //!
@@ -72,6 +86,7 @@ use weir_streaming::{InputPosition, OffsetRange, TransactionalFn};
 use crate::client::{
     ack_producer, check_common, client_config, AckProducer, DeliveryError, InFlight, Record,
 };
+use crate::direct::GroupMember;
 use crate::sink::Compression;
 
 /// The record header holding the batch time.
@@ -144,6 +159,21 @@ pub enum KafkaOutputError {
         from: i64,
         batch_time_ms: i64,
     },
+    #[error(
+        "kafka output to `{topic}`: consumer group `{group}` has committed offset {committed} \
+         for {input_topic}/{partition}, past the start {from} of batch {batch_time_ms}: \
+         another member read and committed the partition since this instance was assigned \
+         it; not writing the batch (the restarted job resumes from the group's offsets)"
+    )]
+    MovedOn {
+        topic: String,
+        group: String,
+        input_topic: String,
+        partition: i32,
+        committed: i64,
+        from: i64,
+        batch_time_ms: i64,
+    },
     #[error("kafka output to `{topic}`: the producer stopped: {reason}")]
     Fatal { topic: String, reason: String },
     #[error("kafka output to `{topic}`: {problem}")]
@@ -172,9 +202,9 @@ impl KafkaOutputConfig {
     }
 
     /// The output function a job calls once per batch. `group` is the consumer group its
-    /// transactions commit the Kafka inputs' offsets to (the direct input's `group.id`;
-    /// `None`: the job has no Kafka input). Starts `init_transactions` at once.
-    pub fn build(&self, group: Option<&str>) -> KafkaResult<TransactionalFn> {
+    /// transactions commit the Kafka inputs' offsets to (`None`: the job has no Kafka
+    /// input). Starts `init_transactions` at once.
+    pub fn build(&self, group: Option<OffsetsGroup>) -> KafkaResult<TransactionalFn> {
         let output = Arc::new(Mutex::new(KafkaOutput::new(self, group)?));
         Ok(Arc::new(move |time_ms, events, positions| {
             let output = output.clone();
@@ -187,6 +217,26 @@ impl KafkaOutputConfig {
                     .map_err(BoxError::from)
             })
         }))
+    }
+}
+
+/// The consumer group a transactional output commits its Kafka input's offsets to.
+#[derive(Clone)]
+pub enum OffsetsGroup {
+    /// The direct input's `group.id`: this job is the group's only writer, so the output
+    /// reads the group's offsets once per partition and then tracks them.
+    Named(String),
+    /// The direct input's member in consumer-group mode
+    /// ([`crate::direct::KafkaDirectInput::group_member`]): see the module docs.
+    Member(GroupMember),
+}
+
+impl OffsetsGroup {
+    fn id(&self) -> String {
+        match self {
+            OffsetsGroup::Named(id) => id.clone(),
+            OffsetsGroup::Member(member) => member.group().to_string(),
+        }
     }
 }
 
@@ -217,15 +267,17 @@ struct Transactions {
 
 struct Group {
     id: String,
-    /// Not a member of the group: it supplies the group metadata for the transactions and
-    /// reads the committed offsets.
+    /// Not a member of the group: it reads the committed offsets, and supplies the group
+    /// metadata for the transactions when there is no `member`.
     consumer: Arc<BaseConsumer>,
+    /// Group mode: the input's member, whose metadata fences the transactions.
+    member: Option<GroupMember>,
     /// Per partition seen so far, what the group holds (`None`: nothing committed).
     committed: BTreeMap<Tp, Option<Committed>>,
 }
 
 impl KafkaOutput {
-    fn new(config: &KafkaOutputConfig, group: Option<&str>) -> KafkaResult<KafkaOutput> {
+    fn new(config: &KafkaOutputConfig, group: Option<OffsetsGroup>) -> KafkaResult<KafkaOutput> {
         let mut defaults = vec![
             ("acks", "all".to_string()),
             ("enable.idempotence", "true".to_string()),
@@ -246,7 +298,8 @@ impl KafkaOutput {
             Some(_) => {
                 let group = match group {
                     None => None,
-                    Some(id) => {
+                    Some(group) => {
+                        let id = group.id();
                         let consumer: BaseConsumer = client_config(
                             &config.brokers,
                             &[
@@ -259,8 +312,12 @@ impl KafkaOutput {
                         )
                         .create()?;
                         Some(Group {
-                            id: id.to_string(),
+                            id,
                             consumer: Arc::new(consumer),
+                            member: match group {
+                                OffsetsGroup::Member(m) => Some(m),
+                                OffsetsGroup::Named(_) => None,
+                            },
                             committed: BTreeMap::new(),
                         })
                     }
@@ -322,12 +379,28 @@ impl KafkaOutput {
         }
         self.initialized().await?;
         if self.group().is_some() && !ranges.is_empty() {
+            if let Some(group) = self.group_mut().filter(|g| g.member.is_some()) {
+                // Another instance may have committed these partitions since.
+                group.committed.clear();
+            }
             self.load_committed(&ranges).await?;
             let group = self.group().ok_or_else(|| self.internal("no group"))?;
-            match decide(time_ms, &ranges, &group.committed) {
+            let replays = group.member.is_none();
+            match decide(time_ms, &ranges, &group.committed, replays) {
                 Decision::Done { committed_batch_ms } => {
                     info!(message = "kafka output: batch committed before a restart; not written again", topic = %self.topic, batch_time_ms = time_ms, committed_batch_ms);
                     return Ok(());
+                }
+                Decision::Ahead { range, committed } if !replays => {
+                    return Err(KafkaOutputError::MovedOn {
+                        topic: self.topic.clone(),
+                        group: group.id.clone(),
+                        input_topic: range.topic,
+                        partition: range.partition,
+                        committed,
+                        from: range.from,
+                        batch_time_ms: time_ms,
+                    });
                 }
                 Decision::Ahead { range, committed } => {
                     return Err(KafkaOutputError::AheadOfCheckpoint {
@@ -467,12 +540,18 @@ impl KafkaOutput {
                     .map_err(self.kafka_err("offsets"))?;
                 e.set_metadata(format!("{BATCH_MARK}{time_ms}"));
             }
-            let (p, consumer, timeout) =
-                (self.producer.clone(), group.consumer.clone(), self.timeout);
+            let (p, consumer, member, timeout) = (
+                self.producer.clone(),
+                group.consumer.clone(),
+                group.member.clone(),
+                self.timeout,
+            );
             let sent = tokio::task::spawn_blocking(move || {
-                consumer
-                    .group_metadata()
-                    .map(|meta| p.send_offsets_to_transaction(&offsets, &meta, timeout))
+                let meta = match &member {
+                    Some(member) => member.group_metadata(),
+                    None => consumer.group_metadata(),
+                };
+                meta.map(|meta| p.send_offsets_to_transaction(&offsets, &meta, timeout))
             })
             .await
             .map_err(|e| self.internal(e.to_string()))?;
@@ -554,10 +633,14 @@ enum Decision {
     Write { behind: Vec<(OffsetRange, i64)> },
 }
 
+/// `replays`: the input replays journaled batches after a crash (not in group mode, whose
+/// partitions resume from the group's offsets), so a batch the group holds as committed is a
+/// replay of one already written.
 fn decide(
     time_ms: i64,
     ranges: &[OffsetRange],
     committed: &BTreeMap<Tp, Option<Committed>>,
+    replays: bool,
 ) -> Decision {
     let of = |r: &OffsetRange| {
         committed
@@ -571,7 +654,7 @@ fn decide(
         .iter()
         .filter_map(|r| of(r).and_then(|c| c.batch_time_ms))
         .max();
-    if let Some(t) = committed_batch_ms.filter(|&t| t >= time_ms) {
+    if let Some(t) = committed_batch_ms.filter(|&t| replays && t >= time_ms) {
         return Decision::Done {
             committed_batch_ms: t,
         };
@@ -628,7 +711,7 @@ mod tests {
             (1000, vec![range(0, 30, 40), range(1, 5, 7)]),
         ] {
             assert_eq!(
-                decide(t, &ranges, &committed),
+                decide(t, &ranges, &committed, true),
                 Decision::Done {
                     committed_batch_ms: 2000
                 }
@@ -641,18 +724,37 @@ mod tests {
         let committed = held(&[(0, 50, Some(2000)), (1, 7, Some(2000))]);
         let ranges = [range(0, 50, 60), range(1, 7, 7)];
         assert_eq!(
-            decide(3000, &ranges, &committed),
+            decide(3000, &ranges, &committed, true),
             Decision::Write { behind: vec![] }
         );
         // A partition the group has nothing for, and a group with nothing at all.
         let ranges = [range(0, 50, 60), range(2, 0, 4)];
         assert_eq!(
-            decide(3000, &ranges, &committed),
+            decide(3000, &ranges, &committed, true),
             Decision::Write { behind: vec![] }
         );
         assert_eq!(
-            decide(3000, &ranges, &BTreeMap::new()),
+            decide(3000, &ranges, &BTreeMap::new(), true),
             Decision::Write { behind: vec![] }
+        );
+    }
+
+    #[test]
+    fn in_group_mode_an_earlier_batch_time_of_another_member_is_no_replay() {
+        // Another instance committed partition 0 at batch time 3000 (clocks differ, or a
+        // batch later on the same grid); this member now owns it from offset 50.
+        let committed = held(&[(0, 50, Some(3000))]);
+        let ranges = [range(0, 50, 60)];
+        assert_eq!(
+            decide(2700, &ranges, &committed, false),
+            Decision::Write { behind: vec![] }
+        );
+        assert_eq!(
+            decide(2700, &[range(0, 40, 60)], &committed, false),
+            Decision::Ahead {
+                range: range(0, 40, 60),
+                committed: 50
+            }
         );
     }
 
@@ -663,7 +765,7 @@ mod tests {
         for batch_time in [Some(1000), None] {
             let committed = held(&[(0, 55, batch_time)]);
             assert_eq!(
-                decide(3000, &[range(0, 50, 60)], &committed),
+                decide(3000, &[range(0, 50, 60)], &committed, true),
                 Decision::Ahead {
                     range: range(0, 50, 60),
                     committed: 55
@@ -672,7 +774,7 @@ mod tests {
         }
         let committed = held(&[(0, 45, Some(1000))]);
         assert_eq!(
-            decide(3000, &[range(0, 50, 60)], &committed),
+            decide(3000, &[range(0, 50, 60)], &committed, true),
             Decision::Write {
                 behind: vec![(range(0, 50, 60), 45)]
             }

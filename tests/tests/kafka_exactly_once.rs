@@ -80,8 +80,9 @@ fn kafka_to_kafka_counts_exactly_once_across_kill9() {
     let mut skipped_replays = 0;
     let kills = 6;
     for round in 0..kills {
-        let agent = Agent::start_in(dir.path(), &config);
+        // Taken before the start: the agent may count every line it has before a later look.
         let before = committed_sum(&broker);
+        let agent = Agent::start_in(dir.path(), &config);
         wait_until(Duration::from_secs(60), "a committed batch", || {
             committed_sum(&broker) > before
         });
@@ -150,6 +151,115 @@ fn kafka_to_kafka_counts_exactly_once_across_kill9() {
     );
 }
 
+/// One of two instances of the count job in consumer-group mode, each with its own
+/// transactional id and static membership (`group.instance.id`): a restarted instance takes
+/// its partitions back at once (noida-db does not hand a `kill -9`'d member's partitions to
+/// the others, see `kafka_direct.rs`).
+fn group_config(brokers: &str, instance: &str) -> String {
+    format!(
+        r#"
+[agent]
+data_dir = "{{dir}}/data"
+shutdown_timeout = "10s"
+
+[jobs.count]
+input = {{ kafka = {{ brokers = ["{brokers}"], topics = ["requests"], starting = "earliest", max_rate_per_partition = 200, group = "count", properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500", "group.instance.id" = "{instance}" }} }} }}
+batch_interval = "300ms"
+steps = [{{ split = " ", field = 1 }}, {{ count_by_value = {{}} }}]
+output = {{ type = "kafka", brokers = ["{brokers}"], topic = "counts", transactional_id = "count-{instance}" }}
+"#
+    )
+}
+
+/// Per user, the counts all committed transactions hold.
+fn committed_totals(broker: &Broker) -> BTreeMap<String, u64> {
+    let mut totals = BTreeMap::new();
+    for (_, user, n) in counts(broker, true) {
+        *totals.entry(user).or_default() += n;
+    }
+    totals
+}
+
+/// Exactly-once across instances: A counts alone, B joins (a rebalance: a transaction
+/// of A's that spans it is refused by the broker and its batch read again), then B is
+/// `kill -9`'d mid-batch and restarted, five times, while lines keep coming. The counts of
+/// every committed transaction of both add up to exactly the lines produced.
+#[test]
+fn two_agents_in_a_consumer_group_count_exactly_once_across_kill9() {
+    let broker = Broker::start();
+    broker.create_topic("requests", 4);
+    broker.create_topic("counts", 2);
+    let brokers = broker.bootstrap();
+    let mut rng = CrashRng::from_env();
+    let keyed = |from: usize, n: usize| -> Vec<String> {
+        (from..from + n)
+            .map(|i| format!("{i}\tGET {} /{i}", USERS[i % 4]))
+            .collect()
+    };
+    broker.kcat_produce("requests", &keyed(0, 800), true);
+    let mut produced = 800;
+    let mut a = Agent::start(&group_config(&brokers, "a"));
+    wait_until(
+        Duration::from_secs(60),
+        "A counting the first lines",
+        || committed_sum(&broker) >= 800,
+    );
+    let b_dir = tempfile::tempdir().unwrap();
+    let b_config = group_config(&brokers, "b");
+    let mut b = Agent::start_in(b_dir.path(), &b_config);
+    wait_until(Duration::from_secs(60), "B owning partitions", || {
+        b.logged("partitions assigned")
+    });
+    for round in 0..5 {
+        // Taken before the lines go out: both agents may have counted them by a later look.
+        let before = committed_sum(&broker);
+        broker.kcat_produce("requests", &keyed(produced, 300), true);
+        produced += 300;
+        wait_until(Duration::from_secs(60), "a committed batch", || {
+            committed_sum(&broker) > before
+        });
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let delay = 300 - now % 300 + rng.next(80);
+        std::thread::sleep(Duration::from_millis(delay));
+        b.kill9();
+        println!(
+            "round {round}: B killed {} ms into a batch",
+            (now + delay) % 300
+        );
+        broker.kcat_produce("requests", &keyed(produced, 100), true);
+        produced += 100;
+        b = Agent::start_in(b_dir.path(), &b_config);
+    }
+    wait_until(Duration::from_secs(90), "every line counted", || {
+        committed_sum(&broker) >= produced as u64
+    });
+    // A few more batches: nothing may be written twice later either.
+    std::thread::sleep(Duration::from_secs(1));
+    for agent in [&mut a, &mut b] {
+        agent.signal("TERM");
+        agent.wait_exit(Duration::from_secs(30));
+    }
+    let refused = (a.logs().iter().chain(b.logs().iter()))
+        .filter(|l| l.to_string().contains("send_offsets_to_transaction"))
+        .count();
+    let want: BTreeMap<String, u64> = USERS
+        .iter()
+        .map(|u| (u.to_string(), produced as u64 / 4))
+        .collect();
+    assert_eq!(committed_totals(&broker), want);
+    // Aborted transactions are the kill's and the refused ones: their records are in the
+    // topic, invisible to read_committed.
+    let all: u64 = counts(&broker, false).iter().map(|c| c.2).sum();
+    println!(
+        "{produced} lines counted once; {} counted in aborted transactions; {refused} \
+         transactions refused their offsets",
+        all.saturating_sub(produced as u64)
+    );
+}
+
 #[test]
 fn a_bad_kafka_output_is_reported_with_its_key_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -171,6 +281,23 @@ fn a_bad_kafka_output_is_reported_with_its_key_path() {
     ));
     assert!(err.contains("jobs.count.output.transactional_id"), "{err}");
     assert!(err.contains("group.id"), "{err}");
+    // Group mode commits through its one member.
+    let grouped = r#"{ kafka = { brokers = ["127.0.0.1:9"], topics = ["t"], group = "g" } }"#;
+    let err = validate(&format!(
+        "[jobs.count]\ninputs = [{grouped}, {grouped}]\noutput = {{ type = \"kafka\", brokers = [\"127.0.0.1:9\"], topic = \"c\", transactional_id = \"t1\" }}\n"
+    ));
+    assert!(err.contains("jobs.count.output.transactional_id"), "{err}");
+    assert!(err.contains("takes one Kafka input"), "{err}");
+    std::fs::write(
+        &path,
+        format!("[jobs.count]\ninput = {grouped}\noutput = {{ type = \"kafka\", brokers = [\"127.0.0.1:9\"], topic = \"c\", transactional_id = \"t1\" }}\n"),
+    )
+    .unwrap();
+    let (code, out, err) = weir_tests::weir(&["validate", "--config", path.to_str().unwrap()]);
+    assert_eq!(
+        code, 0,
+        "group mode with a transactional output: {out}{err}"
+    );
     let err = validate(&format!(
         "[jobs.count]\n{input}\noutput = {{ type = \"kafka\", brokers = [], topic = \"c\" }}\n"
     ));
