@@ -1,7 +1,7 @@
 //! The Kafka direct input in the real binary against noida-db: a request-count job reading a
 //! topic with `input = { kafka = … }`, `kill -9`'d several times mid-stream, whose `file`
-//! output still counts every record exactly once; two agents sharing the topic in
-//! consumer-group mode.
+//! output still counts every record exactly once; batches over transaction markers and
+//! aborted records; two agents sharing the topic in consumer-group mode.
 
 use std::time::Duration;
 
@@ -43,8 +43,8 @@ fn direct_input_counts_exactly_once_across_kill9() {
     produce(&broker, 0, 800);
     let mut produced = 800;
     for round in 0..3 {
-        let mut agent = Agent::start_in(dir.path(), &config);
         let before: u64 = batch_file_totals(&out).0.values().sum();
+        let mut agent = Agent::start_in(dir.path(), &config);
         wait_until(Duration::from_secs(60), "a batch with records", || {
             batch_file_totals(&out).0.values().sum::<u64>() > before
         });
@@ -65,6 +65,76 @@ fn direct_input_counts_exactly_once_across_kill9() {
     let per_user = produced as u64 / 4;
     for user in ["alice", "bob", "carol", "dave"] {
         assert_eq!(counts.get(user), Some(&per_user), "{user}: {counts:?}");
+    }
+    assert_eq!(counts.len(), 4, "{counts:?}");
+}
+
+/// Writes request lines `from..from + n` (line `i` to partition `i % 3`) in one Kafka
+/// transaction with Debian's python3-confluent-kafka, committed or aborted.
+fn produce_transaction(broker: &Broker, from: usize, n: usize, commit: bool) {
+    let script = format!(
+        "from confluent_kafka import Producer\n\
+         p = Producer({{'bootstrap.servers': '{}', 'transactional.id': 'writer-{from}'}})\n\
+         p.init_transactions(30)\n\
+         p.begin_transaction()\n\
+         users = ['alice', 'bob', 'carol', 'dave']\n\
+         for i in range({from}, {end}):\n    \
+             p.produce('requests', ('GET %s /%d' % (users[i % 4], i)).encode(), partition=i % 3)\n\
+         p.flush(30)\n\
+         p.{finish}(30)\n",
+        broker.bootstrap(),
+        end = from + n,
+        finish = if commit {
+            "commit_transaction"
+        } else {
+            "abort_transaction"
+        },
+    );
+    let out = weir_tests::kafka::confluent_python()
+        .args(["-c", &script])
+        .output()
+        .expect("run /usr/bin/python3");
+    assert!(
+        out.status.success(),
+        "transactional produce: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Transaction markers and aborted records take offsets a `read_committed` reader never
+/// sees: batches whose ranges run over them, or end in them, complete with the committed
+/// records only, and the job goes on past the last marker.
+#[test]
+fn ranges_over_transaction_markers_and_aborted_records_count_committed_records_once() {
+    let broker = Broker::start();
+    broker.create_topic("requests", 3);
+    produce_transaction(&broker, 0, 240, true);
+    produce_transaction(&broker, 240, 120, false);
+    produce_transaction(&broker, 360, 120, true);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // 100/s × 0.3 s: 30 offsets per partition and batch, so some ranges end in markers.
+    let config = config(&broker.bootstrap()).replace(
+        "max_rate_per_partition = 200",
+        "max_rate_per_partition = 100",
+    );
+    let mut agent = Agent::start_in(dir.path(), &config);
+    wait_until(Duration::from_secs(60), "the committed records", || {
+        batch_file_totals(&out).0.values().sum::<u64>() >= 360
+    });
+    produce(&broker, 480, 120);
+    wait_until(
+        Duration::from_secs(60),
+        "the records after the transactions",
+        || batch_file_totals(&out).0.values().sum::<u64>() >= 480,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    agent.signal("TERM");
+    agent.wait_exit(Duration::from_secs(30));
+    let (counts, _) = batch_file_totals(&out);
+    // Committed: lines 0..240 and 360..600, 120 per user; the aborted 240..360 never.
+    for user in ["alice", "bob", "carol", "dave"] {
+        assert_eq!(counts.get(user), Some(&120), "{user}: {counts:?}");
     }
     assert_eq!(counts.len(), 4, "{counts:?}");
 }
