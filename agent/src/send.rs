@@ -100,8 +100,8 @@ mod tests {
     #[test]
     fn headers_parse_as_key_value_pairs() {
         let h = parse_headers(&["a=1".into(), "b=x=y".into()]).unwrap();
-        assert_eq!(h.get("a").map(String::as_str), Some("1"));
-        assert_eq!(h.get("b").map(String::as_str), Some("x=y"));
+        assert_eq!(h.get("a"), Some("1"));
+        assert_eq!(h.get("b"), Some("x=y"));
         assert!(parse_headers(&["nope".into()]).is_err());
     }
 }

@@ -92,10 +92,7 @@ async fn server_answers_flume_captures() {
             assert_eq!(batches[0], flume_batch(0), "{name}");
         } else {
             assert_eq!(batches[0].len(), 5);
-            assert_eq!(
-                batches[0][0].headers.get("src").map(String::as_str),
-                Some("avro-client")
-            );
+            assert_eq!(batches[0][0].headers.get("src"), Some("avro-client"));
         }
     }
 }

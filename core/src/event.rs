@@ -5,6 +5,11 @@ use std::fmt;
 
 use bytes::Bytes;
 
+/// Header keys and values: strings of up to 24 bytes are kept inline, without an allocation
+/// (`topic`, `offset`, `timestamp`, host names, most Flume header values), longer ones on the heap.
+pub type HeaderText = compact_str::CompactString;
+pub use compact_str::ToCompactString;
+
 /// Event headers: Flume's `Map<String,String>`, kept as a vector sorted by key.
 ///
 /// Events carry a handful of headers, so a sorted vector beats a tree: one allocation for the
@@ -12,7 +17,7 @@ use bytes::Bytes;
 /// deterministic key order a `BTreeMap` gives (output and tests stay stable). Inserting an
 /// existing key replaces its value, so duplicate keys on the wire end as in Java: last wins.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct Headers(Vec<(String, String)>);
+pub struct Headers(Vec<(HeaderText, HeaderText)>);
 
 impl Headers {
     pub const fn new() -> Self {
@@ -28,7 +33,12 @@ impl Headers {
     }
 
     /// Sets `key`, returning the value it replaced.
-    pub fn insert(&mut self, key: String, value: String) -> Option<String> {
+    pub fn insert(
+        &mut self,
+        key: impl Into<HeaderText>,
+        value: impl Into<HeaderText>,
+    ) -> Option<HeaderText> {
+        let (key, value) = (key.into(), value.into());
         // Decoders see keys in order (they were written from a `Headers`): append.
         if self
             .0
@@ -47,15 +57,15 @@ impl Headers {
         }
     }
 
-    pub fn get(&self, key: &str) -> Option<&String> {
-        self.find(key).ok().map(|i| &self.0[i].1)
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.find(key).ok().map(|i| self.0[i].1.as_str())
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
         self.find(key).is_ok()
     }
 
-    pub fn remove(&mut self, key: &str) -> Option<String> {
+    pub fn remove(&mut self, key: &str) -> Option<HeaderText> {
         self.find(key).ok().map(|i| self.0.remove(i).1)
     }
 
@@ -68,21 +78,24 @@ impl Headers {
     }
 
     /// `(key, value)` pairs in key order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&String, &String)> + DoubleEndedIterator {
-        self.0.iter().map(|(k, v)| (k, v))
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + DoubleEndedIterator {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &String> {
-        self.0.iter().map(|(k, _)| k)
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| k.as_str())
     }
 
-    pub fn values(&self) -> impl Iterator<Item = &String> {
-        self.0.iter().map(|(_, v)| v)
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(_, v)| v.as_str())
     }
 
     /// `entry(key).or_insert_with(f)`, as on a map.
-    pub fn entry(&mut self, key: String) -> HeaderEntry<'_> {
-        HeaderEntry { headers: self, key }
+    pub fn entry(&mut self, key: impl Into<HeaderText>) -> HeaderEntry<'_> {
+        HeaderEntry {
+            headers: self,
+            key: key.into(),
+        }
     }
 
     /// Bytes of header text (keys plus values).
@@ -94,22 +107,25 @@ impl Headers {
 /// A header that may or may not be set yet; see [`Headers::entry`].
 pub struct HeaderEntry<'a> {
     headers: &'a mut Headers,
-    key: String,
+    key: HeaderText,
 }
 
 impl<'a> HeaderEntry<'a> {
-    pub fn or_insert_with(self, value: impl FnOnce() -> String) -> &'a mut String {
+    pub fn or_insert_with<V: Into<HeaderText>>(
+        self,
+        value: impl FnOnce() -> V,
+    ) -> &'a mut HeaderText {
         let i = match self.headers.find(&self.key) {
             Ok(i) => i,
             Err(i) => {
-                self.headers.0.insert(i, (self.key, value()));
+                self.headers.0.insert(i, (self.key, value().into()));
                 i
             }
         };
         &mut self.headers.0[i].1
     }
 
-    pub fn or_insert(self, value: String) -> &'a mut String {
+    pub fn or_insert(self, value: impl Into<HeaderText>) -> &'a mut HeaderText {
         self.or_insert_with(|| value)
     }
 }
@@ -120,24 +136,24 @@ impl fmt::Debug for Headers {
     }
 }
 
-impl Extend<(String, String)> for Headers {
-    fn extend<I: IntoIterator<Item = (String, String)>>(&mut self, iter: I) {
+impl<K: Into<HeaderText>, V: Into<HeaderText>> Extend<(K, V)> for Headers {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
         for (k, v) in iter {
             self.insert(k, v);
         }
     }
 }
 
-impl FromIterator<(String, String)> for Headers {
-    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+impl<K: Into<HeaderText>, V: Into<HeaderText>> FromIterator<(K, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         let mut h = Headers::new();
         h.extend(iter);
         h
     }
 }
 
-impl<const N: usize> From<[(String, String); N]> for Headers {
-    fn from(pairs: [(String, String); N]) -> Self {
+impl<K: Into<HeaderText>, V: Into<HeaderText>, const N: usize> From<[(K, V); N]> for Headers {
+    fn from(pairs: [(K, V); N]) -> Self {
         pairs.into_iter().collect()
     }
 }
@@ -145,26 +161,26 @@ impl<const N: usize> From<[(String, String); N]> for Headers {
 impl From<BTreeMap<String, String>> for Headers {
     fn from(map: BTreeMap<String, String>) -> Self {
         // Already sorted and unique.
-        Headers(map.into_iter().collect())
+        Headers(map.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
     }
 }
 
 impl IntoIterator for Headers {
-    type Item = (String, String);
-    type IntoIter = std::vec::IntoIter<(String, String)>;
+    type Item = (HeaderText, HeaderText);
+    type IntoIter = std::vec::IntoIter<(HeaderText, HeaderText)>;
     fn into_iter(self) -> Self::IntoIter {
         self.0.into_iter()
     }
 }
 
 impl<'a> IntoIterator for &'a Headers {
-    type Item = (&'a String, &'a String);
+    type Item = (&'a str, &'a str);
     type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (String, String)>,
-        fn(&'a (String, String)) -> (&'a String, &'a String),
+        std::slice::Iter<'a, (HeaderText, HeaderText)>,
+        fn(&'a (HeaderText, HeaderText)) -> (&'a str, &'a str),
     >;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(|(k, v)| (k, v))
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 }
 
@@ -183,8 +199,8 @@ impl Event {
         }
     }
 
-    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.insert(key.into(), value.into());
+    pub fn with_header(mut self, key: impl Into<HeaderText>, value: impl Into<HeaderText>) -> Self {
+        self.headers.insert(key, value);
         self
     }
 
@@ -206,25 +222,18 @@ mod tests {
     #[test]
     fn headers_behave_like_a_sorted_map() {
         let mut h = Headers::new();
-        assert_eq!(h.insert("b".into(), "1".into()), None);
-        assert_eq!(h.insert("a".into(), "2".into()), None);
-        assert_eq!(
-            h.insert("b".into(), "3".into()),
-            Some("1".into()),
-            "last value wins"
-        );
-        assert_eq!(
-            h.iter().collect::<Vec<_>>(),
-            vec![
-                (&"a".to_string(), &"2".to_string()),
-                (&"b".to_string(), &"3".to_string())
-            ]
-        );
-        assert_eq!(h.get("b").map(String::as_str), Some("3"));
+        assert_eq!(h.insert("b", "1"), None);
+        assert_eq!(h.insert("a", "2"), None);
+        assert_eq!(h.insert("b", "3"), Some("1".into()), "last value wins");
+        assert_eq!(h.iter().collect::<Vec<_>>(), vec![("a", "2"), ("b", "3")]);
+        assert_eq!(h.get("b"), Some("3"));
         assert!(h.contains_key("a") && !h.contains_key("c"));
         assert_eq!(h.remove("a"), Some("2".into()));
         assert_eq!(h.len(), 1);
         assert_eq!(format!("{h:?}"), r#"{"b": "3"}"#);
+        let long = "a value longer than the twenty-four bytes kept inline";
+        h.insert("long", long.to_compact_string());
+        assert_eq!(h.get("long"), Some(long));
         let from_map: Headers = BTreeMap::from([
             ("z".to_string(), "1".to_string()),
             ("y".to_string(), "2".to_string()),

@@ -27,7 +27,7 @@ pub use channel::{
     TakeTransaction,
 };
 pub use component::{ComponentError, Ready, Sink, SinkContext, Source, SourceContext};
-pub use event::{Event, Headers};
+pub use event::{Event, HeaderText, Headers, ToCompactString};
 pub use interceptor::{Interceptor, InterceptorConfig};
 pub use ipfilter::{IpFilter, IpFilterError};
 pub use memory::{MemoryChannel, MemoryChannelConfig};

@@ -12,7 +12,7 @@ use rdkafka::message::{BorrowedHeaders, Header, Headers as _, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
 use tokio::sync::Notify;
-use weir_core::Headers;
+use weir_core::{HeaderText, Headers};
 
 /// Builds a librdkafka configuration: `bootstrap.servers`, then `defaults`, then the
 /// user's `properties` (which win).
@@ -68,8 +68,10 @@ pub(crate) fn flume_headers(headers: Option<&BorrowedHeaders>) -> Headers {
     let mut out = Headers::new();
     if let Some(headers) = headers {
         for h in headers.iter() {
-            let value = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
-            out.insert(h.key.to_owned(), value);
+            out.insert(
+                h.key,
+                HeaderText::from_utf8_lossy(h.value.unwrap_or_default()),
+            );
         }
     }
     out

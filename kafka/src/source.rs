@@ -15,7 +15,9 @@ use serde::Deserialize;
 use tracing::{info, warn};
 use weir_core::component::Backoff;
 use weir_core::metrics::MetricName;
-use weir_core::{ComponentError, ConfigDuration, Event, Source, SourceContext};
+use weir_core::{
+    ComponentError, ConfigDuration, Event, HeaderText, Source, SourceContext, ToCompactString,
+};
 
 use crate::client::{check_common, client_config};
 
@@ -96,25 +98,26 @@ pub(crate) fn to_event(m: &BorrowedMessage<'_>) -> Event {
     event.headers = weir_core::Headers::with_capacity(record_headers.map_or(0, |h| h.count()) + 5);
     if let Some(headers) = record_headers {
         for h in headers.iter() {
-            let value = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
-            event.headers.insert(h.key.to_owned(), value);
+            let value = HeaderText::from_utf8_lossy(h.value.unwrap_or_default());
+            event.headers.insert(h.key, value);
         }
     }
+    // Keys and these values fit inline in a `HeaderText`: no allocation per header.
     if let Some(key) = m.key() {
         event
             .headers
-            .insert("key".into(), String::from_utf8_lossy(key).into_owned());
+            .insert("key", HeaderText::from_utf8_lossy(key));
     }
     event
         .headers
-        .insert("offset".into(), m.offset().to_string());
+        .insert("offset", m.offset().to_compact_string());
     event
         .headers
-        .insert("partition".into(), m.partition().to_string());
+        .insert("partition", m.partition().to_compact_string());
     if let Some(ts) = m.timestamp().to_millis() {
-        event.headers.insert("timestamp".into(), ts.to_string());
+        event.headers.insert("timestamp", ts.to_compact_string());
     }
-    event.headers.insert("topic".into(), m.topic().to_owned());
+    event.headers.insert("topic", m.topic());
     event
 }
 

@@ -49,8 +49,12 @@ fn number(e: &Event) -> usize {
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(e.headers.get("n"), Some(&i.to_string()), "headers kept");
-    assert_eq!(e.headers.get("key"), Some(&format!("k{}", i % 5)));
+    assert_eq!(
+        e.headers.get("n"),
+        Some(i.to_string().as_str()),
+        "headers kept"
+    );
+    assert_eq!(e.headers.get("key"), Some(format!("k{}", i % 5).as_str()));
     i
 }
 

@@ -36,8 +36,8 @@ async fn drain(channel: &MemoryChannel, seen: &mut HashMap<usize, usize>) {
     while let Some(txn) = channel.take(1000).await.unwrap() {
         for e in txn.events() {
             let i: usize = std::str::from_utf8(&e.body).unwrap().parse().unwrap();
-            assert_eq!(e.headers.get("topic").map(String::as_str), Some("in"));
-            assert_eq!(e.headers.get("key"), Some(&format!("k{}", i % 5)));
+            assert_eq!(e.headers.get("topic"), Some("in"));
+            assert_eq!(e.headers.get("key"), Some(format!("k{}", i % 5).as_str()));
             assert!(e.headers.contains_key("offset") && e.headers.contains_key("partition"));
             *seen.entry(i).or_default() += 1;
         }

@@ -44,6 +44,7 @@ use weir_core::metrics::{ComponentMetrics, Counter, MetricName};
 use weir_core::tls::TlsServerSettings;
 use weir_core::{
     ByteSize, ChannelProcessor, ComponentError, ConfigDuration, Event, Source, SourceContext,
+    ToCompactString,
 };
 
 use crate::accept::Gate;
@@ -292,23 +293,20 @@ pub fn parse_message(raw: Bytes, keep_all: bool, incomplete: bool) -> Event {
     }
     let mut event = Event::new(raw.clone());
     let Some((digits, value)) = pri(&raw) else {
-        event.headers.insert("Facility".into(), "0".into());
-        event.headers.insert("Severity".into(), "0".into());
+        event.headers.insert("Facility", "0");
+        event.headers.insert("Severity", "0");
         event.headers.insert(
-            STATUS_HEADER.into(),
-            if incomplete { "Incomplete" } else { "Invalid" }.into(),
+            STATUS_HEADER,
+            if incomplete { "Incomplete" } else { "Invalid" },
         );
         return event;
     };
     let h = &mut event.headers;
-    h.insert("Facility".into(), (value / 8).to_string());
-    h.insert("Severity".into(), (value % 8).to_string());
-    h.insert(
-        "priority".into(),
-        String::from_utf8_lossy(digits).into_owned(),
-    );
+    h.insert("Facility", (value / 8).to_string());
+    h.insert("Severity", (value % 8).to_string());
+    h.insert("priority", String::from_utf8_lossy(digits).into_owned());
     if incomplete {
-        h.insert(STATUS_HEADER.into(), "Incomplete".into());
+        h.insert(STATUS_HEADER, "Incomplete");
     }
     // Header fields are ASCII; a message with invalid UTF-8 is parsed up to the first bad byte.
     let text = match std::str::from_utf8(&raw) {
@@ -329,19 +327,19 @@ pub fn parse_message(raw: Bytes, keep_all: bool, incomplete: bool) -> Event {
         }
         _ => {
             if !h.contains_key(STATUS_HEADER) {
-                h.insert(STATUS_HEADER.into(), "Invalid".into());
+                h.insert(STATUS_HEADER, "Invalid");
             }
             return event;
         }
     };
     if let syslog_loose::Protocol::RFC5424(v) = msg.protocol {
-        h.insert("version".into(), v.to_string());
+        h.insert("version", v.to_compact_string());
     }
     if let Some(ts) = msg.timestamp {
-        h.insert("timestamp".into(), ts.timestamp_millis().to_string());
+        h.insert("timestamp", ts.timestamp_millis().to_compact_string());
     }
     if let Some(host) = msg.hostname {
-        h.insert("host".into(), host.to_string());
+        h.insert("host", host);
     }
     if keep_all {
         return event;
@@ -753,13 +751,10 @@ mod tests {
     #[test]
     fn rfc3164_from_logger() {
         let e = parse(LOGGER_3164.as_bytes());
-        assert_eq!(e.headers.get("Facility").map(String::as_str).unwrap(), "20");
-        assert_eq!(e.headers.get("Severity").map(String::as_str).unwrap(), "5");
-        assert_eq!(
-            e.headers.get("priority").map(String::as_str).unwrap(),
-            "165"
-        );
-        assert_eq!(e.headers.get("host").map(String::as_str).unwrap(), "vm");
+        assert_eq!(e.headers.get("Facility").unwrap(), "20");
+        assert_eq!(e.headers.get("Severity").unwrap(), "5");
+        assert_eq!(e.headers.get("priority").unwrap(), "165");
+        assert_eq!(e.headers.get("host").unwrap(), "vm");
         assert!(!e.headers.contains_key("version"));
         assert!(!e.headers.contains_key(STATUS_HEADER));
         let year = assumed_year((11, 23, 21, 27, 40));
@@ -767,33 +762,27 @@ mod tests {
             .with_ymd_and_hms(year, 11, 23, 21, 27, 40)
             .unwrap()
             .timestamp_millis();
-        assert_eq!(
-            e.headers.get("timestamp").map(String::as_str).unwrap(),
-            want.to_string()
-        );
+        assert_eq!(e.headers.get("timestamp").unwrap(), want.to_string());
         assert_eq!(&e.body[..], b"myapp: hello from logger");
     }
 
     #[test]
     fn rfc5424_from_logger() {
         let e = parse(LOGGER_5424.as_bytes());
-        assert_eq!(e.headers.get("Facility").map(String::as_str).unwrap(), "20");
-        assert_eq!(e.headers.get("Severity").map(String::as_str).unwrap(), "5");
-        assert_eq!(e.headers.get("version").map(String::as_str).unwrap(), "1");
-        assert_eq!(e.headers.get("host").map(String::as_str).unwrap(), "vm");
+        assert_eq!(e.headers.get("Facility").unwrap(), "20");
+        assert_eq!(e.headers.get("Severity").unwrap(), "5");
+        assert_eq!(e.headers.get("version").unwrap(), "1");
+        assert_eq!(e.headers.get("host").unwrap(), "vm");
         let want = chrono::DateTime::parse_from_rfc3339("2026-11-23T21:27:40.040665+00:00")
             .unwrap()
             .timestamp_millis();
-        assert_eq!(
-            e.headers.get("timestamp").map(String::as_str).unwrap(),
-            want.to_string()
-        );
+        assert_eq!(e.headers.get("timestamp").unwrap(), want.to_string());
         assert_eq!(
             &e.body[..],
             &b"myapp - - [timeQuality tzKnown=\"1\" isSynced=\"0\"] hello from logger"[..]
         );
         let e = parse(LOGGER_5424_SD.as_bytes());
-        assert_eq!(e.headers.get("host").map(String::as_str).unwrap(), "vm");
+        assert_eq!(e.headers.get("host").unwrap(), "vm");
         assert!(e.body.starts_with(b"myapp - ID47 [timeQuality"));
         let e = parse_message(Bytes::from_static(LOGGER_5424.as_bytes()), true, false);
         assert_eq!(&e.body[..], LOGGER_5424.as_bytes(), "keep_fields = all");
@@ -811,26 +800,19 @@ mod tests {
             b"\xff\xfe\x00binary",
         ] {
             let e = parse(raw);
-            assert_eq!(
-                e.headers.get(STATUS_HEADER).map(String::as_str).unwrap(),
-                "Invalid",
-                "{raw:?}"
-            );
-            assert_eq!(e.headers.get("Facility").map(String::as_str).unwrap(), "0");
-            assert_eq!(e.headers.get("Severity").map(String::as_str).unwrap(), "0");
+            assert_eq!(e.headers.get(STATUS_HEADER).unwrap(), "Invalid", "{raw:?}");
+            assert_eq!(e.headers.get("Facility").unwrap(), "0");
+            assert_eq!(e.headers.get("Severity").unwrap(), "0");
             assert_eq!(&e.body[..], raw);
         }
         // A valid PRI but no timestamp: flagged, facility kept.
         let e = parse(b"<13>just text");
-        assert_eq!(
-            e.headers.get(STATUS_HEADER).map(String::as_str).unwrap(),
-            "Invalid"
-        );
-        assert_eq!(e.headers.get("Facility").map(String::as_str).unwrap(), "1");
+        assert_eq!(e.headers.get(STATUS_HEADER).unwrap(), "Invalid");
+        assert_eq!(e.headers.get("Facility").unwrap(), "1");
         assert_eq!(&e.body[..], b"<13>just text");
         // Invalid UTF-8 in the message part: headers parsed, bytes kept.
         let e = parse(b"<165>Nov 23 21:27:40 vm myapp: caf\xe9");
-        assert_eq!(e.headers.get("host").map(String::as_str).unwrap(), "vm");
+        assert_eq!(e.headers.get("host").unwrap(), "vm");
         assert_eq!(&e.body[..], b"myapp: caf\xe9");
     }
 
@@ -951,16 +933,9 @@ mod tests {
         }
         let got = take_n(&r.channel, ran).await;
         for e in &got {
-            assert_eq!(
-                e.headers.get("Facility").map(String::as_str).unwrap(),
-                "3",
-                "{e:?}"
-            );
-            assert_eq!(e.headers.get("Severity").map(String::as_str).unwrap(), "3");
-            assert_eq!(
-                e.headers.get("clientIP").map(String::as_str).unwrap(),
-                "127.0.0.1"
-            );
+            assert_eq!(e.headers.get("Facility").unwrap(), "3", "{e:?}");
+            assert_eq!(e.headers.get("Severity").unwrap(), "3");
+            assert_eq!(e.headers.get("clientIP").unwrap(), "127.0.0.1");
             assert!(!e.headers.contains_key(STATUS_HEADER), "{e:?}");
             assert!(e.headers.contains_key("timestamp"));
         }
@@ -975,10 +950,7 @@ mod tests {
             };
             find(b"three one six four");
             assert_eq!(
-                find(b"five four two four")
-                    .headers
-                    .get("version")
-                    .map(String::as_str),
+                find(b"five four two four").headers.get("version"),
                 Some("1")
             );
             find(b"newline framed");
@@ -997,14 +969,7 @@ mod tests {
         let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         client.send_to(b"\x00\x01garbage\n", addr).unwrap();
         let got = take_n(&r.channel, 1).await;
-        assert_eq!(
-            got[0]
-                .headers
-                .get(STATUS_HEADER)
-                .map(String::as_str)
-                .unwrap(),
-            "Invalid"
-        );
+        assert_eq!(got[0].headers.get(STATUS_HEADER).unwrap(), "Invalid");
         assert_eq!(&got[0].body[..], b"\x00\x01garbage");
         let mut want = 0;
         for rfc in ["--rfc3164", "--rfc5424"] {
@@ -1031,8 +996,8 @@ mod tests {
         }
         let got = take_n(&r.channel, want).await;
         for e in &got {
-            assert_eq!(e.headers.get("Facility").map(String::as_str).unwrap(), "1");
-            assert_eq!(e.headers.get("Severity").map(String::as_str).unwrap(), "5");
+            assert_eq!(e.headers.get("Facility").unwrap(), "1");
+            assert_eq!(e.headers.get("Severity").unwrap(), "5");
             assert!(e.body.ends_with(b"over udp"), "{e:?}");
         }
         r.shutdown.cancel();

@@ -547,11 +547,7 @@ pub(crate) mod tests {
         assert_eq!(&got[1].body[..], b"two\nlines");
         assert_eq!(&got[2].body[..], b"");
         assert_eq!(
-            got[0]
-                .headers
-                .get("REMOTE_ADDRESS")
-                .map(String::as_str)
-                .unwrap(),
+            got[0].headers.get("REMOTE_ADDRESS").unwrap(),
             format!("/127.0.0.1:{}", client.local_addr().unwrap().port())
         );
         r.shutdown.cancel();

@@ -3,7 +3,7 @@
 //! slicing or allocating, and returns `None` on anything malformed; it never panics.
 
 use bytes::Bytes;
-use weir_core::{Event, Headers};
+use weir_core::{Event, HeaderText, Headers};
 
 /// First 8 bytes of every segment file.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"WEIRWAL1";
@@ -81,10 +81,10 @@ fn get_slice<'a>(b: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
     Some(s)
 }
 
-fn get_string(b: &[u8], pos: &mut usize) -> Option<String> {
+fn get_text(b: &[u8], pos: &mut usize) -> Option<HeaderText> {
     std::str::from_utf8(get_slice(b, pos)?)
         .ok()
-        .map(str::to_owned)
+        .map(HeaderText::from)
 }
 
 /// Appends a put record whose `first_seq` is a placeholder; the writer patches it with
@@ -231,8 +231,8 @@ pub fn decode_put_events_shared(payload: Bytes) -> Option<Vec<Event>> {
         let nh = get_varint(b, &mut pos)?;
         let mut headers = Headers::new();
         for _ in 0..nh {
-            let k = get_string(b, &mut pos)?;
-            let v = get_string(b, &mut pos)?;
+            let k = get_text(b, &mut pos)?;
+            let v = get_text(b, &mut pos)?;
             headers.insert(k, v);
         }
         let blen = usize::try_from(get_varint(b, &mut pos)?).ok()?;

@@ -186,7 +186,7 @@ async fn released_takes_roll_back_from_the_log_and_commit_without_their_events()
     let headers: Vec<String> = again
         .events()
         .iter()
-        .map(|e| e.headers.get("id").cloned().unwrap_or_default())
+        .map(|e| e.headers.get("id").map(str::to_owned).unwrap_or_default())
         .collect();
     assert_eq!(headers, want.iter().map(u64::to_string).collect::<Vec<_>>());
     drop(again);
