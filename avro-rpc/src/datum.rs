@@ -167,20 +167,23 @@ impl Reader {
 
     /// Avro `string`, validated as UTF-8 (`what` names the field in the error).
     pub fn read_str(&mut self, what: &'static str) -> Result<String, DecodeError> {
-        let offset = self.pos;
-        let raw = self.read_bytes()?;
-        match std::str::from_utf8(&raw) {
-            Ok(s) => Ok(s.to_owned()),
-            Err(_) => Err(DecodeError::InvalidUtf8 { offset, what }),
-        }
+        self.read_utf8(what, str::to_owned)
     }
 
     /// Avro `string` as header text: no allocation for the short strings most headers are.
     pub fn read_text(&mut self, what: &'static str) -> Result<HeaderText, DecodeError> {
+        self.read_utf8(what, |s| HeaderText::from(s))
+    }
+
+    fn read_utf8<T>(
+        &mut self,
+        what: &'static str,
+        own: impl FnOnce(&str) -> T,
+    ) -> Result<T, DecodeError> {
         let offset = self.pos;
         let raw = self.read_bytes()?;
         match std::str::from_utf8(&raw) {
-            Ok(s) => Ok(HeaderText::from(s)),
+            Ok(s) => Ok(own(s)),
             Err(_) => Err(DecodeError::InvalidUtf8 { offset, what }),
         }
     }

@@ -106,7 +106,7 @@ pub fn intercept(interceptors: &[Interceptor], events: &mut [Event], now_ms: u64
                 } => (header, value, *preserve),
             };
             if !(preserve && event.headers.contains_key(header)) {
-                event.headers.insert(header.clone(), value.clone());
+                event.headers.insert(header, value);
             }
         }
     }

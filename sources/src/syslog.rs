@@ -43,8 +43,8 @@ use weir_core::budget::{Budgeted, InFlightBudget};
 use weir_core::metrics::{ComponentMetrics, Counter, MetricName};
 use weir_core::tls::TlsServerSettings;
 use weir_core::{
-    ByteSize, ChannelProcessor, ComponentError, ConfigDuration, Event, Source, SourceContext,
-    ToCompactString,
+    ByteSize, ChannelProcessor, ComponentError, ConfigDuration, Event, HeaderText, Source,
+    SourceContext, ToCompactString,
 };
 
 use crate::accept::Gate;
@@ -302,9 +302,9 @@ pub fn parse_message(raw: Bytes, keep_all: bool, incomplete: bool) -> Event {
         return event;
     };
     let h = &mut event.headers;
-    h.insert("Facility", (value / 8).to_string());
-    h.insert("Severity", (value % 8).to_string());
-    h.insert("priority", String::from_utf8_lossy(digits).into_owned());
+    h.insert("Facility", (value / 8).to_compact_string());
+    h.insert("Severity", (value % 8).to_compact_string());
+    h.insert("priority", HeaderText::from_utf8_lossy(digits));
     if incomplete {
         h.insert(STATUS_HEADER, "Incomplete");
     }

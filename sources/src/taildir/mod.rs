@@ -63,7 +63,10 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 use weir_core::component::Backoff;
 use weir_core::metrics::{Counter, MetricName};
-use weir_core::{ByteSize, ComponentError, ConfigDuration, Event, Headers, Source, SourceContext};
+use weir_core::{
+    ByteSize, ComponentError, ConfigDuration, Event, Headers, Source, SourceContext,
+    ToCompactString,
+};
 
 pub use positions::{
     decode as decode_position_file, encode as encode_position_file, PositionEntry,
@@ -1349,12 +1352,12 @@ impl Tailer {
             .map(|l| {
                 let mut headers = base.clone();
                 if let Some(p) = &path {
-                    headers.insert(self.cfg.file_header_key.clone(), p.clone());
+                    headers.insert(&self.cfg.file_header_key, p);
                 }
                 if self.cfg.byte_offset_header {
                     headers.insert(
-                        self.cfg.byte_offset_header_key.clone(),
-                        l.offset.to_string(),
+                        &self.cfg.byte_offset_header_key,
+                        l.offset.to_compact_string(),
                     );
                 }
                 Event {
